@@ -14,9 +14,11 @@ from .divergence import _log_ess, alpha_divergence_from_logs
 
 
 def normalized_entropy(log_p_BG: Tensor) -> Tensor:
-    """``[B]``: ``H(p_b) / log G`` in [0, 1] (Eq. 19's ``H-bar`` per group)."""
+    """``[B]``: ``H(p_b) / log G`` in [0, 1] (Eq. 19's ``H-bar`` per group), in float64 after renormalising, so a
+    uniform ``p`` gives exactly 1 even from float32 inputs."""
     G = log_p_BG.shape[-1]
-    return -(log_p_BG.exp() * log_p_BG).sum(-1) / math.log(G)
+    log_p = torch.log_softmax(log_p_BG.double(), -1)
+    return -(log_p.exp() * log_p).sum(-1) / math.log(G)
 
 
 def entropy_confidence(log_p_BG: Tensor) -> float:
@@ -25,7 +27,7 @@ def entropy_confidence(log_p_BG: Tensor) -> float:
     With the paper's anchored ``p`` and ``pi_ref = pi_old``, ``p`` is uniform at every on-policy evaluation, so this
     is exactly 0 there (see :mod:`apo.core.schedules`)."""
     with torch.no_grad():
-        return float((1.0 - normalized_entropy(log_p_BG.detach().double()).mean()).clamp(0.0, 1.0))
+        return float((1.0 - normalized_entropy(log_p_BG.detach()).mean()).clamp(0.0, 1.0))
 
 
 def sequence_confidence(seq_logp_BG: Tensor, lengths_BG: Tensor) -> float:
@@ -88,8 +90,8 @@ def apo_metrics(
             "apo/alpha": torch.tensor(float(alpha)),
             "apo/ess": ess_frac_B.mean(),
             "apo/ess_signal": ess_frac_B[signal_B].mean() if bool(signal_B.any()) else ess_frac_B.new_tensor(1.0),
-            "apo/entropy": ent_B.mean(),
-            "apo/confidence": (1.0 - ent_B.mean()).clamp(0.0, 1.0),
+            "apo/entropy": ent_B.mean().to(log_p.dtype),
+            "apo/confidence": (1.0 - ent_B.mean()).clamp(0.0, 1.0).to(log_p.dtype),
             "apo/u_abs_max": u.max(),
             "apo/u_abs_mean": u.mean(),
             "apo/weight_var": weight_variance(log_q, log_p, alpha).mean(),
