@@ -36,7 +36,8 @@ def test_alpha_divergence_hand_computed():
 
 
 def test_effective_sample_size_hand_computed():
-    # p uniform: w_i = q_i^a (1/3)^(1-a). a = 1: ESS = 1 / sum q^2 = 1 / (0.650631 + 2 * 0.009349) = 1 / 0.669330 = 1.49403
+    # p uniform: w_i = q_i^a (1/3)^(1-a).
+    # a = 1: ESS = 1 / sum q^2 = 1 / (0.650631 + 2 * 0.009349) = 1 / 0.669330 = 1.49403
     assert apo.effective_sample_size(Q3, UNIFORM3, 1.0).item() == pytest.approx(1.49403, abs=1e-4)
     # a = 0: w uniform, ESS = P = 3
     assert apo.effective_sample_size(Q3, UNIFORM3, 0.0).item() == pytest.approx(3.0, abs=1e-12)

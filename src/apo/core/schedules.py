@@ -76,8 +76,8 @@ class GuardedAlpha:
 
     ``s_R`` starts at ``reward_scale`` (0.5) and then follows the running (Welford, unbiased) standard deviation of
     the ``R_1 .. R_{t-1}`` seen so far, once two values with nonzero spread exist; the current ``R_t`` enters only
-    after ``p_t`` is computed, so a jump is measured against the past spread. ``b_0 = 0`` as in Algorithm 1 (so the first
-    step always sees a "gain"; ``c_t`` gates it). Confident and improving -> alpha falls toward ``alpha_min``;
+    after ``p_t`` is computed, so a jump is measured against the past spread. ``b_0 = 0`` as in Algorithm 1 (so the
+    first step always sees a "gain"; ``c_t`` gates it). Confident and improving -> alpha falls toward ``alpha_min``;
     confident but stuck (``p_t = 0``) -> alpha returns toward ``alpha_max`` at rate ``rho``.
     """
 
