@@ -1,0 +1,258 @@
+"""``APOConfig``: TRL's ``GRPOConfig`` plus the settings of APO, ADPO and the GSPO preset.
+
+One flat dataclass. Every APO field has one ``help`` line; contradictory settings raise ``ValueError`` at
+construction, naming the settings to change. Defaults are the paper's (Sec. 7 "Configuration": ``tau_anc = 0.8``,
+``beta_r = 1.0``, ``alpha_max = 0.9``, ``alpha_min = 0.35``, ``rho = lambda = 0.1``, ``s_R`` initialised to 0.5).
+
+Departures from TRL's ``GRPOConfig`` defaults:
+
+- ``loss_type``, ``importance_sampling_level``, ``epsilon`` default to ``None`` = "the algorithm's value":
+  ``grpo`` -> ``loss_type="grpo"`` (the GRPO paper's per-sequence mean; TRL's default is ``"dapo"``), token-level
+  ratios, ``epsilon=0.2``; ``gspo`` -> ``loss_type="grpo"``, ``importance_sampling_level="sequence"``,
+  ``epsilon=3e-4``, ``epsilon_high=4e-4`` (the GSPO paper's settings) unless set explicitly. ``apo`` / ``adpo`` do
+  not read them.
+- ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
+  explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
+  (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
+  never enter the loss. A note is logged when vLLM is on.
+- ``apo`` / ``adpo`` reject TRL options that act on a token-level surrogate and would otherwise be ignored silently:
+  ``beta != 0`` (KL to a reference model), ``top_entropy_quantile < 1``, ``off_policy_mask_threshold``,
+  entropy bonuses, ``multi_objective_aggregation="normalize_then_sum"``, ``scale_rewards != "group"`` (APO's target
+  standardises rewards within each group itself, Eq. 4).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+logger = logging.getLogger(__name__)
+
+ALGORITHMS = ("apo", "adpo", "gspo", "grpo")
+GROUP_ALGORITHMS = ("apo", "adpo")
+ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
+SEQUENCE_SCORES = ("sum", "mean")
+CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
+
+
+@dataclass
+class APOConfig(GRPOConfig):
+    r"""Configuration of :class:`apo.APOTrainer`: every ``GRPOConfig`` field plus the APO settings below.
+
+    ``algorithm`` picks the objective: ``apo`` (alpha-divergence to the Boltzmann target over each candidate set,
+    Eq. 7), ``adpo`` (ADPO-Softmax, APO's alpha = 1 gradient), or the peers ``grpo`` / ``gspo``, which run TRL's own
+    loss unchanged. ``apo`` and ``adpo`` need whole groups in every micro-batch:
+    ``per_device_train_batch_size % num_generations == 0``.
+
+    Example::
+
+        APOConfig(output_dir="out", algorithm="apo", alpha_schedule="guarded", num_generations=8,
+                  per_device_train_batch_size=16, steps_per_generation=4)
+    """
+
+    algorithm: str = field(
+        default="apo", metadata={"help": f"Objective: one of {ALGORITHMS} (grpo/gspo run TRL's own loss)."}
+    )
+    alpha_schedule: str = field(
+        default="fixed",
+        metadata={"help": f"APO alpha schedule: one of {ALPHA_SCHEDULES} (Sec. 5; only with algorithm='apo')."},
+    )
+    alpha: float = field(default=0.6, metadata={"help": "alpha of the 'fixed' schedule, in [0, 1]."})
+    alpha_min: float = field(default=0.35, metadata={"help": "Lower end of alpha for 'guarded' and 'ess' (Eq. 22)."})
+    alpha_max: float = field(
+        default=0.9, metadata={"help": "Upper end of alpha, and the starting alpha, for 'guarded' and 'ess'."}
+    )
+    tau_anchor: float = field(default=0.8, metadata={"help": "Anchor temperature tau_anc > 0 (Eq. 2)."})
+    beta_reward: float = field(default=1.0, metadata={"help": "Target temperature beta_r > 0 (Eq. 5)."})
+    reward_eps: float = field(default=1e-6, metadata={"help": "epsilon in the group z-score of rewards (Eq. 4)."})
+    alpha_ema: float = field(default=0.1, metadata={"help": "rho in (0, 1]: EMA rate of the guarded alpha (Eq. 23)."})
+    baseline_ema: float = field(
+        default=0.1, metadata={"help": "lambda in (0, 1]: EMA rate of the guarded reward baseline (Eq. 20)."}
+    )
+    reward_scale: float = field(
+        default=0.5, metadata={"help": "Initial s_R > 0 of the guarded schedule, then the running reward std."}
+    )
+    ess_target: float = field(
+        default=0.5, metadata={"help": "gamma in (0, 1]: the 'ess' schedule targets mean ESS = gamma * G (Eq. 21)."}
+    )
+    weight_clip_min: float | None = field(
+        default=None, metadata={"help": "w_min in [0, 1] of the APO weight clip (Eq. 24); None with max = off."}
+    )
+    weight_clip_max: float | None = field(
+        default=None, metadata={"help": "w_max >= 1 of the APO weight clip (Eq. 24); None with min = off."}
+    )
+    sequence_score: str = field(
+        default="sum",
+        metadata={"help": "Sequence score l_i: 'sum' of token log-probs (the paper) or length-normalised 'mean'."},
+    )
+    confidence_source: str = field(
+        default="anchored",
+        metadata={
+            "help": "Confidence c_t of the guarded schedule: 'anchored' (Eq. 19, always 0 on-policy), 'sequence' "
+            "(entropy of softmax of per-token-mean log-probs over each group) or 'token' (next-token entropy)."
+        },
+    )
+    # GRPOConfig fields whose default depends on `algorithm` (None = the algorithm's value; see the module docstring).
+    loss_type: str | None = field(
+        default=None, metadata={"help": "TRL loss aggregation for grpo/gspo; None = 'grpo'. Unused by apo/adpo."}
+    )
+    importance_sampling_level: str | None = field(
+        default=None, metadata={"help": "TRL ratio level; None = 'sequence' for gspo, 'token' otherwise."}
+    )
+    epsilon: float | None = field(
+        default=None, metadata={"help": "Lower clip range of grpo/gspo; None = 0.2 (grpo) or 3e-4 (gspo)."}
+    )
+
+    def __post_init__(self):
+        self._check_apo_fields()
+        algo = self.algorithm
+        if algo == "gspo":
+            if self.importance_sampling_level not in (None, "sequence"):
+                raise ValueError(
+                    f"algorithm='gspo' uses sequence-level ratios, but importance_sampling_level="
+                    f"{self.importance_sampling_level!r}; leave it unset or use algorithm='grpo'"
+                )
+            self.importance_sampling_level = "sequence"
+            if self.loss_type not in (None, "grpo"):
+                logger.warning("algorithm='gspo' with loss_type=%r: the GSPO paper's setup is 'grpo'", self.loss_type)
+            self.epsilon = 3e-4 if self.epsilon is None else self.epsilon
+            self.epsilon_high = 4e-4 if self.epsilon_high is None else self.epsilon_high
+        elif algo == "grpo" and self.importance_sampling_level == "sequence":
+            raise ValueError(
+                "algorithm='grpo' with importance_sampling_level='sequence' is GSPO: set algorithm='gspo' instead"
+            )
+        self.loss_type = "grpo" if self.loss_type is None else self.loss_type
+        self.importance_sampling_level = self.importance_sampling_level or "token"
+        self.epsilon = 0.2 if self.epsilon is None else self.epsilon
+        if algo in GROUP_ALGORITHMS:
+            self._check_group_objective_settings()
+        super().__post_init__()
+        if algo in GROUP_ALGORITHMS:
+            self._check_whole_groups()
+
+    @property
+    def weight_clip(self) -> tuple[float, float] | None:
+        """``(w_min, w_max)`` of Eq. 24, or ``None`` when off; one missing end defaults to no clipping on that side."""
+        if self.weight_clip_min is None and self.weight_clip_max is None:
+            return None
+        lo = 0.0 if self.weight_clip_min is None else float(self.weight_clip_min)
+        hi = float("inf") if self.weight_clip_max is None else float(self.weight_clip_max)
+        return lo, hi
+
+    def schedule_params(self) -> dict:
+        """Keyword arguments of :func:`apo.make_alpha_schedule` for ``alpha_schedule``."""
+        if self.alpha_schedule == "fixed":
+            return {"alpha": self.alpha}
+        if self.alpha_schedule == "guarded":
+            return {
+                "alpha_min": self.alpha_min,
+                "alpha_max": self.alpha_max,
+                "rho": self.alpha_ema,
+                "lam": self.baseline_ema,
+                "reward_scale": self.reward_scale,
+            }
+        return {"alpha_min": self.alpha_min, "alpha_max": self.alpha_max, "target_fraction": self.ess_target}
+
+    def _check_apo_fields(self) -> None:
+        def choice(name, valid):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {list(valid)}")
+
+        choice("algorithm", ALGORITHMS)
+        choice("alpha_schedule", ALPHA_SCHEDULES)
+        choice("sequence_score", SEQUENCE_SCORES)
+        choice("confidence_source", CONFIDENCE_SOURCES)
+        for name in ("alpha", "alpha_min", "alpha_max"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(f"alpha_min ({self.alpha_min}) must be <= alpha_max ({self.alpha_max})")
+        for name in ("tau_anchor", "beta_reward", "reward_scale"):
+            if not float(getattr(self, name)) > 0.0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not float(self.reward_eps) >= 0.0:
+            raise ValueError(f"reward_eps must be >= 0, got {self.reward_eps!r}")
+        for name in ("alpha_ema", "baseline_ema", "ess_target"):
+            if not 0.0 < float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        clip = self.weight_clip
+        if clip is not None and not (0.0 <= clip[0] <= 1.0 <= clip[1]):
+            raise ValueError(
+                f"weight clip needs 0 <= weight_clip_min <= 1 <= weight_clip_max, got "
+                f"weight_clip_min={self.weight_clip_min}, weight_clip_max={self.weight_clip_max}"
+            )
+        if clip is not None and self.algorithm != "apo":
+            raise ValueError(f"weight_clip_min/weight_clip_max apply to algorithm='apo' only, not {self.algorithm!r}")
+        if self.alpha_schedule != "fixed" and self.algorithm != "apo":
+            raise ValueError(
+                f"alpha_schedule={self.alpha_schedule!r} needs algorithm='apo' (algorithm={self.algorithm!r} has no "
+                "alpha); use alpha_schedule='fixed'"
+            )
+        if self.confidence_source != "anchored" and self.alpha_schedule != "guarded":
+            raise ValueError(
+                f"confidence_source={self.confidence_source!r} is read by alpha_schedule='guarded' only "
+                f"(alpha_schedule={self.alpha_schedule!r})"
+            )
+        if self.num_generations is None or self.num_generations < 2:
+            raise ValueError(
+                f"num_generations must be >= 2 (a group of completions per prompt), got {self.num_generations}"
+            )
+
+    def _check_group_objective_settings(self) -> None:
+        algo = self.algorithm
+        rejected = {
+            "beta": (
+                self.beta != 0.0,
+                "APO/ADPO anchor to pi_old; a KL penalty to a reference model is not part of "
+                "the objective: set beta=0",
+            ),
+            "top_entropy_quantile": (
+                self.top_entropy_quantile < 1.0,
+                "token masking has no meaning for a sequence-level objective: set top_entropy_quantile=1.0",
+            ),
+            "off_policy_mask_threshold": (self.off_policy_mask_threshold is not None, "unset it"),
+            "entropy_coef": (
+                self.entropy_coef != 0.0 or self.use_adaptive_entropy,
+                "set entropy_coef=0 and use_adaptive_entropy=False",
+            ),
+            "multi_objective_aggregation": (
+                self.multi_objective_aggregation != "sum_then_normalize",
+                "APO's target is built from the weighted reward sum: use 'sum_then_normalize'",
+            ),
+            "scale_rewards": (
+                self.scale_rewards not in ("group", True),
+                "APO standardises rewards within each group (Eq. 4): use scale_rewards='group'",
+            ),
+        }
+        for name, (bad, fix) in rejected.items():
+            if bad:
+                raise ValueError(f"algorithm={algo!r} does not support {name}={getattr(self, name)!r}: {fix}")
+        if self.vllm_importance_sampling_correction:
+            if self.use_vllm:
+                logger.warning(
+                    "algorithm=%r: vllm_importance_sampling_correction is switched off. APO's divergence is over the "
+                    "explicit candidate set and anchors to trainer-side log-probs of the rollout parameters, so no "
+                    "importance-sampling correction applies.",
+                    algo,
+                )
+            self.vllm_importance_sampling_correction = False
+
+    def _check_whole_groups(self) -> None:
+        G = self.num_generations
+        if self.per_device_train_batch_size % G != 0:
+            raise ValueError(
+                f"algorithm={self.algorithm!r} needs whole groups in every micro-batch on every process: "
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
+                f"num_generations ({G}) (world size {self.world_size}, steps_per_generation "
+                f"{self.steps_per_generation})"
+            )
+        if self.do_eval and self.eval_strategy != "no":
+            G_eval = self.num_generations_eval or G
+            if self.per_device_eval_batch_size % G_eval != 0:
+                raise ValueError(
+                    f"algorithm={self.algorithm!r} needs whole groups in every evaluation batch: "
+                    f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of "
+                    f"num_generations_eval ({G_eval})"
+                )

@@ -1,0 +1,340 @@
+"""``APOTrainer``: TRL's ``GRPOTrainer`` with APO / ADPO losses on verified whole groups (tested with trl 1.16.0).
+
+What it overrides, and why (everything else is TRL's):
+
+- ``_calculate_rewards`` / ``_generate_and_score_completions``: carry the raw per-completion reward (TRL's weighted
+  sum over reward functions, local slice) and a ``group_ids`` tensor (unique per prompt across processes and over the
+  run) to the loss. TRL passes only z-scored advantages. The ``G`` rows of each group are checked to hold one prompt.
+- ``_prepare_inputs``: TRL shuffles the generation batch row-wise before cutting it into ``steps_per_generation``
+  micro-batches; here whole groups are shuffled instead (:func:`apo.integrations.trl.batching.shuffle_whole_groups`,
+  seeded from torch's global generator like TRL's). Applied to every algorithm whenever
+  ``per_device_train_batch_size % num_generations == 0`` (required for ``apo``/``adpo``), so that peers compared
+  in one study see the same micro-batches; otherwise (``grpo``/``gspo`` only) TRL's row-wise shuffle is kept.
+- ``_compute_loss`` (``apo``/``adpo`` only; ``grpo``/``gspo`` run TRL's own ``_compute_loss`` untouched): per-token
+  log-probs from TRL's ``_get_per_token_logps_and_entropies``, anchor = ``old_per_token_logps`` (or the detached
+  current log-probs where TRL, exactly, knows the policy has not moved), the library objective
+  (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
+  ``make_groups`` verifies the grouping at every call.
+- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the alpha schedule's state goes to
+  ``apo_alpha_schedule.json`` in every checkpoint (written atomically) and is restored on resume.
+
+Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
+
+- **alpha advances once per optimizer step**, on the first micro-batch of each gradient-accumulation window (a change
+  of ``state.global_step``), from that micro-batch's groups gathered over all processes (``accelerator.gather``), so
+  every process computes the same alpha; that alpha is used for every micro-batch of the step and logged as
+  ``apo/alpha``. Algorithm 1 computes alpha from the whole batch of the step; with gradient accumulation the first
+  micro-batch stands for it (the statistics of later micro-batches are not known when the first one's gradient is
+  taken). Like Algorithm 1, alpha is computed before the loss that uses it. Evaluation never advances it.
+- **pi_ref = pi_old**: TRL computes ``old_per_token_logps`` exactly when ``gradient_accumulation_steps %
+  (steps_per_generation * num_iterations) != 0``, i.e. when a rollout's micro-batches span more than one optimizer
+  step (mini-batches with ``steps_per_generation > gradient_accumulation_steps``, epochs with ``num_iterations > 1``).
+  Otherwise the policy cannot move between rollout and update and the detached current log-probs *are* pi_old's. A
+  runtime guard raises if old log-probs are ever missing after an optimizer step since the rollout. On-policy,
+  ``u = 0`` and ``p`` is uniform (logged: ``apo/u_abs_max``, ``apo/u_abs_mean``, ``apo/entropy``, ``apo/confidence``).
+- **vLLM**: ``apo``/``adpo`` switch ``vllm_importance_sampling_correction`` off (see :mod:`.config`): the divergence is
+  over the explicit candidate set and the anchor is the trainer-side log-probs; vLLM's sampling log-probs never enter.
+- **confidence** of the guarded schedule (``confidence_source``): ``anchored`` = Eq. 19 on the anchored ``p`` (the
+  paper; 0 whenever the policy has not moved), ``sequence`` = :func:`apo.sequence_confidence` of the policy's
+  per-token-mean log-probs over each group, ``token`` = :func:`apo.token_confidence` of TRL's next-token entropies
+  (masked mean over all processes) with the model's vocabulary size.
+- **Unscorable completions** (every reward function returned ``None``; TRL: NaN reward, advantage 0) get their group's
+  mean scored reward, i.e. z-score 0 (:func:`apo.integrations.trl.batching.fill_unscorable`).
+- ``apo``/``adpo`` metrics (``apo/...``, ``adpo/...``) are averaged over processes (``apo/u_abs_max``: maximum) and go
+  to ``self._metrics``, so they are logged wherever TRL logs; ``entropy`` is logged as TRL does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from typing import Any
+
+import torch
+import trl
+from torch import Tensor
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+from trl.extras.profiling import profiling_decorator
+from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
+
+from apo.core.diagnostics import sequence_confidence, token_confidence
+from apo.core.divergence import anchored_log_policy
+from apo.core.groups import GroupIndex, make_groups
+from apo.core.objectives import get_objective
+from apo.core.schedules import make_alpha_schedule
+from apo.core.scores import sequence_logprob
+from apo.core.targets import boltzmann_log_target
+
+from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
+from .config import GROUP_ALGORITHMS, APOConfig
+
+TESTED_TRL_VERSION = "1.16.0"
+SCHEDULE_STATE_FILE = "apo_alpha_schedule.json"
+
+if trl.__version__ != TESTED_TRL_VERSION:
+    _msg = (
+        f"apo's TRL integration overrides private GRPOTrainer hooks and is tested with trl=={TESTED_TRL_VERSION}, "
+        f"but trl=={trl.__version__} is installed. Install trl=={TESTED_TRL_VERSION}"
+    )
+    if os.environ.get("APO_ALLOW_UNTESTED_TRL") != "1":
+        raise ImportError(_msg + " (or set APO_ALLOW_UNTESTED_TRL=1 to try anyway).")
+    warnings.warn(_msg + ".", RuntimeWarning, stacklevel=2)
+
+GROUP_HINT = (
+    "Groups are kept whole by APOTrainer's group-preserving batching, which needs per_device_train_batch_size (and "
+    "per_device_eval_batch_size) to be a multiple of num_generations (num_generations_eval) and TRL's RepeatSampler "
+    "layout; check those settings and any custom sampler, dataloader or _prepare_inputs override."
+)
+
+
+def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".apo-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class APOTrainer(GRPOTrainer):
+    """``GRPOTrainer`` running ``args.algorithm`` (``apo``, ``adpo``, ``grpo``, ``gspo``) on whole groups.
+
+    Same constructor as ``GRPOTrainer`` (``model``, ``reward_funcs``, ``args``, ``train_dataset``,
+    ``processing_class``, ...); ``args`` must be an :class:`apo.APOConfig`. The alpha schedule in force is
+    ``trainer.alpha_schedule`` (``None`` unless ``algorithm="apo"``). See the module docstring for what differs from
+    TRL and from the paper.
+    """
+
+    _tag_names = ["trl", "grpo", "apo"]
+
+    def __init__(self, *args_, args: APOConfig | None = None, **kwargs):
+        if not isinstance(args, APOConfig):
+            raise TypeError(f"APOTrainer needs args=APOConfig(...), got {type(args).__name__}")
+        super().__init__(*args_, args=args, **kwargs)
+        self.algorithm = args.algorithm
+        self._objective = get_objective(args.algorithm)
+        self.alpha_schedule = (
+            make_alpha_schedule(args.alpha_schedule, **args.schedule_params()) if args.algorithm == "apo" else None
+        )
+        self._whole_groups = {
+            "train": args.per_device_train_batch_size % self.num_generations == 0,
+            "eval": args.per_device_eval_batch_size % self.num_generations_eval == 0,
+        }
+        if args.algorithm in GROUP_ALGORITHMS and not self._whole_groups["train"]:  # APOConfig already rejects this
+            raise ValueError("per_device_train_batch_size must be a multiple of num_generations for apo/adpo")
+        self._alpha_step: int | None = None  # global_step at which alpha last advanced
+        self._generated_at_step: int | None = None  # global_step of the rollout being trained on
+        self._generation_count = 0
+        self._rewards_per_func: Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rollout: raw rewards and group ids travel with the batch.
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards_per_func  # [N_global, F], gathered over processes by TRL
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        mode = "train" if self.model.training else "eval"
+        G = self.num_generations if mode == "train" else self.num_generations_eval
+        group_ids_N = None
+        if self._whole_groups[mode]:
+            n = len(inputs)
+            groups_per_process = n // G if n % G == 0 else 0
+            first = (self._generation_count * self.accelerator.num_processes + self.accelerator.process_index) * (
+                groups_per_process
+            )
+            group_ids_N = local_group_ids([x.get("prompt") for x in inputs], G, first_group=first, hint=GROUP_HINT)
+            self._generation_count += 1
+        output = super()._generate_and_score_completions(inputs)
+        if mode == "train":
+            self._generated_at_step = self.state.global_step
+        if group_ids_N is None:
+            return output
+        device = output["completion_ids"].device
+        rewards_per_func = self._rewards_per_func
+        rewards_N = (rewards_per_func * self.reward_weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards_N[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan  # unscorable, as TRL marks them
+        rewards_N = fill_unscorable(rewards_N.view(-1, G)).reshape(-1)
+        n = len(inputs)
+        local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
+        output["rewards"] = rewards_N[local].to(device=device, dtype=torch.float32)
+        output["group_ids"] = group_ids_N.to(device)
+        return output
+
+    @profiling_decorator
+    def _prepare_inputs(self, generation_batch):
+        # TRL's training branch with a group-preserving shuffle in place of `shuffle_sequence_dict`.
+        if not self.model.training or not self._whole_groups["train"]:
+            return super()._prepare_inputs(generation_batch)
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score_completions(generation_batch)
+            batch = split_pixel_values_by_grid(batch)
+            batch = shuffle_whole_groups(batch, self.num_generations, hint=GROUP_HINT)
+            chunks = split_tensor_dict(batch, self.args.steps_per_generation)
+            self._buffered_inputs = [unsplit_pixel_values_by_grid(chunk) for chunk in chunks]
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loss.
+
+    def _compute_loss(self, model, inputs):
+        if self.algorithm not in GROUP_ALGORITHMS:
+            return super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        G = self.num_generations if mode == "train" else self.num_generations_eval
+        group_ids_N, rewards_N = inputs["group_ids"], inputs["rewards"]
+        groups = make_groups(group_ids_N, G, hint=GROUP_HINT)  # verified before any compute
+
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        mask_NT = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        logp_NT, entropy_NT, aux_loss = self._get_per_token_logps_and_entropies(
+            model,
+            input_ids,
+            attention_mask,
+            completion_ids.size(1),
+            compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled,
+            **{
+                k: inputs.get(k)
+                for k in (
+                    "pixel_values",
+                    "image_grid_thw",
+                    "num_images",
+                    "pixel_attention_mask",
+                    "spatial_shapes",
+                    "num_tiles",
+                    "image_sizes",
+                    "token_type_ids",
+                    "mm_token_type_ids",
+                    "image_position_ids",
+                )
+            },
+        )
+        old_logp_NT = inputs.get("old_per_token_logps")
+        if old_logp_NT is None:
+            if mode == "train" and self._generated_at_step != self.state.global_step:
+                raise RuntimeError(
+                    "old_per_token_logps are missing although an optimizer step has passed since the rollout "
+                    f"(rollout at step {self._generated_at_step}, now {self.state.global_step}): pi_old is unknown. "
+                    "This TRL version's condition for computing them no longer matches the batching."
+                )
+            old_logp_NT = logp_NT.detach()
+
+        if mode == "train" and self.alpha_schedule is not None and self._alpha_step != self.state.global_step:
+            self._advance_alpha(groups, logp_NT.detach(), old_logp_NT, mask_NT, rewards_N, entropy_NT)
+            self._alpha_step = self.state.global_step
+        alpha = self.alpha_schedule.alpha if self.alpha_schedule is not None else 1.0
+        args = self.args
+        loss, metrics = self._objective(
+            logp_NT,
+            old_logp_NT,
+            mask_NT,
+            rewards_N,
+            group_ids_N,
+            alpha=alpha,
+            tau_anchor=args.tau_anchor,
+            beta_reward=args.beta_reward,
+            eps=args.reward_eps,
+            weight_clip=args.weight_clip,
+            sequence_score=args.sequence_score,
+            group_size=G,
+            group_hint=GROUP_HINT,
+        )
+        normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
+        loss = loss / normalizer
+        if self.aux_loss_enabled:
+            loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
+            self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
+        self._log_objective_metrics(mode, metrics, entropy_NT, mask_NT)
+        return loss
+
+    def _advance_alpha(
+        self, groups: GroupIndex, logp_NT: Tensor, old_logp_NT: Tensor, mask_NT: Tensor, rewards_N: Tensor, entropy_NT
+    ) -> float:
+        """One schedule step from this micro-batch's groups, gathered over processes (every process: same alpha)."""
+        args = self.args
+        m = mask_NT.to(logp_NT.dtype)
+        seq_N = sequence_logprob(logp_NT, mask_NT, args.sequence_score)
+        ref_N = sequence_logprob(old_logp_NT, mask_NT, args.sequence_score)
+        entropy_sum_N = (entropy_NT.detach() * m).sum(-1)
+        stats_N5 = torch.stack([rewards_N.to(seq_N.dtype), seq_N, ref_N, m.sum(-1), entropy_sum_N], dim=-1)
+        stats_BG5 = self.accelerator.gather(groups.gather(stats_N5.float()).contiguous()).double()
+        rewards_BG, seq_BG, ref_BG, lengths_BG, entropy_sum_BG = stats_BG5.unbind(-1)
+        log_q_BG = boltzmann_log_target(rewards_BG, args.beta_reward, args.reward_eps)
+        log_p_BG = anchored_log_policy(seq_BG, ref_BG, args.tau_anchor)
+        if args.confidence_source == "sequence":
+            confidence = sequence_confidence(seq_BG, lengths_BG)
+        elif args.confidence_source == "token":
+            mean_entropy = float(entropy_sum_BG.sum() / lengths_BG.sum().clamp(min=1.0))
+            vocab_size = self.accelerator.unwrap_model(self.model).config.get_text_config().vocab_size
+            confidence = token_confidence(mean_entropy, vocab_size)
+        else:
+            confidence = None  # Eq. 19 on the anchored p, computed by the schedule
+        alpha = self.alpha_schedule.update(
+            rewards_BG=rewards_BG, log_q_BG=log_q_BG, log_p_BG=log_p_BG, confidence=confidence
+        )
+        for key, value in self.alpha_schedule.metrics().items():
+            if key != "apo/alpha":  # the alpha used is logged with the loss's metrics, once per micro-batch
+                self._metrics["train"][key].append(float(value))
+        return alpha
+
+    def _log_objective_metrics(self, mode: str, metrics: dict[str, Tensor], entropy_NT: Tensor, mask_NT: Tensor):
+        keys = sorted(metrics)
+        local_K = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.accelerator.device)
+        gathered_PK = self.accelerator.gather(local_K).view(-1, len(keys))
+        for j, key in enumerate(keys):
+            column = gathered_PK[:, j]
+            self._metrics[mode][key].append((column.max() if key.endswith("_max") else column.mean()).item())
+        m = mask_NT.to(entropy_NT.dtype)
+        totals = self.accelerator.reduce(torch.stack([(entropy_NT.detach() * m).sum(), m.sum()]), reduction="sum")
+        self._metrics[mode]["entropy"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Checkpoints: the schedule's state next to TRL's files.
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.alpha_schedule is not None and self.args.should_save:
+            folder = os.path.join(
+                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            )
+            payload = {
+                "schedule": self.alpha_schedule.name,
+                "global_step": self.state.global_step,
+                "state": self.alpha_schedule.state_dict(),
+            }
+            _write_json_atomic(os.path.join(folder, SCHEDULE_STATE_FILE), payload)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or self.alpha_schedule is None:
+            return
+        path = os.path.join(checkpoint, SCHEDULE_STATE_FILE)
+        if not os.path.exists(path):
+            warnings.warn(
+                f"{path} not found: the alpha schedule restarts from its initial state", RuntimeWarning, stacklevel=2
+            )
+            return
+        with open(path) as f:
+            payload = json.load(f)
+        if payload["schedule"] != self.alpha_schedule.name:
+            raise ValueError(
+                f"checkpoint {checkpoint} holds alpha_schedule={payload['schedule']!r} but this run has "
+                f"alpha_schedule={self.alpha_schedule.name!r}"
+            )
+        self.alpha_schedule.load_state_dict(payload["state"])
