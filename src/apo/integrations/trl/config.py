@@ -128,9 +128,8 @@ class APOConfig(GRPOConfig):
         self.epsilon = 0.2 if self.epsilon is None else self.epsilon
         if algo in GROUP_ALGORITHMS:
             self._check_group_objective_settings()
-        super().__post_init__()
-        if algo in GROUP_ALGORITHMS:
             self._check_whole_groups()
+        super().__post_init__()
 
     @property
     def weight_clip(self) -> tuple[float, float] | None:
@@ -245,8 +244,7 @@ class APOConfig(GRPOConfig):
             raise ValueError(
                 f"algorithm={self.algorithm!r} needs whole groups in every micro-batch on every process: "
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
-                f"num_generations ({G}) (world size {self.world_size}, steps_per_generation "
-                f"{self.steps_per_generation})"
+                f"num_generations ({G}), whatever the world size, steps_per_generation and gradient accumulation"
             )
         if self.do_eval and self.eval_strategy != "no":
             G_eval = self.num_generations_eval or G
