@@ -228,6 +228,22 @@ def test_safe_reward_worker_raise_hang_nan(caplog):
         wrapped.close()
 
 
+def test_safe_reward_forked_worker_takes_any_callable():
+    wrapped = safe_reward(lambda completions, **kw: [2.0] * len(completions), timeout_s=5.0)
+    try:
+        assert wrapped.mp_context == "fork" and wrapped(["a", "b"]) == [2.0, 2.0]
+    finally:
+        wrapped.close()
+
+
+def test_safe_reward_spawned_worker():
+    wrapped = safe_reward(hanging_reward, timeout_s=5.0, mp_context="spawn")
+    try:
+        assert wrapped(["a", "b"]) == [1.0, 1.0]
+    finally:
+        wrapped.close()
+
+
 def test_safe_reward_passes_columns_and_math_reward():
     wrapped = safe_reward(answer_echo_reward, timeout_s=5.0)
     try:
@@ -243,7 +259,7 @@ def test_safe_reward_passes_columns_and_math_reward():
 
 def test_safe_reward_rejects_unpicklable_and_bad_timeout():
     with pytest.raises(ValueError, match="picklable"):
-        safe_reward(lambda completions, **kw: [1.0] * len(completions), timeout_s=1.0)
+        safe_reward(lambda completions, **kw: [1.0] * len(completions), timeout_s=1.0, mp_context="spawn")
     with pytest.raises(ValueError, match="timeout_s"):
         safe_reward(math_reward, timeout_s=0)
 

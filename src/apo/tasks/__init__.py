@@ -1,0 +1,10 @@
+"""Tasks, rewards and offline models.
+
+- ``apo.tasks.arithmetic``: generated arithmetic problems with a fixed train / held-out split.
+- ``apo.tasks.datasets``: ``load_task`` (arith, reasoning-gym generators, MATH-style files or hub ids).
+- ``apo.tasks.rewards``: TRL reward functions, ``safe_reward``, ``load_reward``.
+- ``apo.tasks.tiny``: the tiny arithmetic Llama and its tokenizer; ``prepare_tiny_arith``.
+- ``apo.tasks.models``: ``resolve_model`` (``tiny-arith``, ``smollm2``, a folder, a hub id) and ``load_smollm2``.
+
+Submodules are imported on demand so that ``import apo.tasks`` does not load torch or transformers.
+"""

@@ -237,10 +237,12 @@ def _rg_score_fn(name: str):
 # safe_reward
 
 
-def _worker_main(conn, fn_bytes: bytes):
+def _worker_main(conn, fn):
     """Worker loop: receive ``(completions, columns, per_completion)``, send ``("ok"|"err", index, payload)`` per
-    chunk (one chunk per completion, or one for the batch). No logging here: a forked lock could be held."""
-    fn = pickle.loads(fn_bytes)
+    chunk (one chunk per completion, or one for the batch). ``fn`` is the function itself under ``fork`` and its
+    pickle under ``spawn``. No logging here: a lock copied by ``fork`` could be held."""
+    if isinstance(fn, bytes):
+        fn = pickle.loads(fn)
     conn.send(("ready", -1, None))
     while True:
         try:
@@ -273,13 +275,13 @@ class SafeReward:
         timeout_s: float | None = 10.0,
         per_completion: bool = True,
         start_timeout_s: float = 120.0,
-        mp_context: str = "spawn",
+        mp_context: str | None = None,
     ):
         self.fn = fn
         self.timeout_s = timeout_s
         self.per_completion = per_completion
         self.start_timeout_s = start_timeout_s
-        self.mp_context = mp_context
+        self.mp_context = mp_context or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.__name__ = getattr(fn, "__name__", type(fn).__name__)
         self.__doc__ = getattr(fn, "__doc__", None)
         self.n_failed = 0
@@ -287,15 +289,15 @@ class SafeReward:
         self._proc = None
         self._conn = None
         self._fn_bytes = None
-        if timeout_s is not None:
-            if timeout_s <= 0:
-                raise ValueError(f"safe_reward timeout_s={timeout_s}: must be > 0 (or None for no worker)")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError(f"safe_reward timeout_s={timeout_s}: must be > 0 (or None for no worker)")
+        if timeout_s is not None and self.mp_context != "fork":
             try:
                 self._fn_bytes = pickle.dumps(fn)
             except Exception as e:
                 raise ValueError(
-                    f"safe_reward({self.__name__}): with timeout_s set, the reward runs in a worker process and must "
-                    f"be picklable (a module-level function or a functools.partial of one): {e}"
+                    f"safe_reward({self.__name__}): under mp_context={self.mp_context!r} the reward must be picklable "
+                    f"(a module-level function or a functools.partial of one): {e}"
                 ) from e
 
     # -- worker management -------------------------------------------------------------------------------------------
@@ -303,7 +305,10 @@ class SafeReward:
         ctx = mp.get_context(self.mp_context)
         parent, child = ctx.Pipe()
         proc = ctx.Process(
-            target=_worker_main, args=(child, self._fn_bytes), daemon=True, name=f"safe_reward:{self.__name__}"
+            target=_worker_main,
+            args=(child, self.fn if self.mp_context == "fork" else self._fn_bytes),
+            daemon=True,
+            name=f"safe_reward:{self.__name__}",
         )
         proc.start()
         child.close()
@@ -453,7 +458,7 @@ def _invalid(score) -> str | None:
 
 
 def safe_reward(
-    fn: RewardFn, timeout_s: float | None = 10.0, per_completion: bool = True, mp_context: str = "spawn"
+    fn: RewardFn, timeout_s: float | None = 10.0, per_completion: bool = True, mp_context: str | None = None
 ) -> SafeReward:
     """Wrap a reward function so that its failures cost a 0.0 score and a log line, never the training run.
 
@@ -461,8 +466,11 @@ def safe_reward(
     raises, returns None, NaN, inf or a wrong number of values, or exceeds ``timeout_s`` seconds. When TRL passes
     ``log_metric``, ``rewards/<name>/failed_frac`` is logged each call; ``.n_failed`` / ``.n_scored`` count totals.
 
-    With ``timeout_s`` set, ``fn`` runs in one persistent worker process (started on the first call, ``mp_context``
-    ``"spawn"``: it does not inherit the trainer's threads or torch state). A call sends the whole batch in one
+    With ``timeout_s`` set, ``fn`` runs in one persistent worker process, started on the first call. ``mp_context``
+    defaults to ``"fork"`` where available: any callable works (lambdas, functions of the ``__main__`` script), and a
+    script without an ``if __name__ == "__main__"`` guard is not re-run, which ``"spawn"`` would do. The forked
+    worker must not use torch's thread pools (reward code rarely does; a deadlock would show as timeouts).
+    ``"spawn"`` needs a picklable, importable ``fn``. A call sends the whole batch in one
     message; the worker scores it one completion at a time (``per_completion=True``) and streams the scores back, so
     a timeout or crash costs only the completion being scored: the worker is killed and the rest of the batch goes
     to a fresh one. ``timeout_s`` bounds each completion (each batch if ``per_completion=False``). Only the
@@ -470,7 +478,7 @@ def safe_reward(
     With ``timeout_s=None`` the reward runs in this process (exceptions and bad values are still caught).
 
     Raises:
-        ValueError: ``timeout_s <= 0``, or ``fn`` cannot be pickled (use a module-level function).
+        ValueError: ``timeout_s <= 0``, or (``spawn`` only) ``fn`` cannot be pickled.
     """
     return SafeReward(fn, timeout_s=timeout_s, per_completion=per_completion, mp_context=mp_context)
 
