@@ -42,8 +42,9 @@ logger = logging.getLogger(__name__)
 
 GROUP_HINT = (
     "The APO group loss needs every micro-batch to hold whole groups in rollout order: set trainer.use_v1=false, "
-    "trainer.balance_batch=false, actor_rollout_ref.actor.shuffle=false, actor_rollout_ref.actor.use_dynamic_bsz=false "
-    "and make actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu a multiple of actor_rollout_ref.rollout.n; or use "
+    "trainer.balance_batch=false, actor_rollout_ref.actor.shuffle=false, "
+    "actor_rollout_ref.actor.use_dynamic_bsz=false and make actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu "
+    "a multiple of actor_rollout_ref.rollout.n; or use "
     "algorithm.adv_estimator=apo with a per-sample loss (exact on-policy), which needs none of these."
 )
 SETTINGS_HINT = (

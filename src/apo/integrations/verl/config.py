@@ -17,7 +17,7 @@ config names this class has them in every process that builds the config, even w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from verl.workers.config import PolicyLossConfig
 
@@ -39,7 +39,7 @@ class APOPolicyLossConfig(PolicyLossConfig):
     """
 
     alpha_schedule: str = "fixed"
-    """How alpha moves: ``fixed`` (``alpha``), ``guarded`` (Eq. 19-23) or ``ess`` (Eq. 21). Updated once per rollout."""
+    """How alpha moves: ``fixed``, ``guarded`` (Eq. 19-23) or ``ess`` (Eq. 21); updated once per rollout."""
     alpha: float = 0.6
     """alpha of the ``fixed`` schedule, in [0, 1] (1: forward KL, 0: reverse KL)."""
     alpha_min: float = 0.35
@@ -60,7 +60,7 @@ class APOPolicyLossConfig(PolicyLossConfig):
     """beta_r > 0 of Eq. 5: target q = softmax(zscore(R) / beta_r)."""
     eps: float = 1e-6
     """epsilon of Eq. 4's z-score."""
-    weight_clip: Optional[list[float]] = None
+    weight_clip: list[float] | None = None
     """Optional ``[w_min, w_max]`` of Eq. 24, 0 <= w_min <= 1 <= w_max; null disables clipping."""
     sequence_score: str = "sum"
     """Sequence score l_i: ``sum`` of token log-probs (the paper) or their ``mean``."""
