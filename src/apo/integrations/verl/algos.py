@@ -342,6 +342,8 @@ def _group_policy_loss(
             raise ValueError(f"the global mini-batch of {global_rows} rows is not a multiple of G={G}. {GROUP_HINT}")
         loss = loss * (num_groups * dp_size / (int(global_rows) // G))
     out = {k: float(v) for k, v in metrics.items()}
+    if name == "apo":
+        out["apo/alpha"] = data.alpha  # the library reports it as a float32 tensor; this is the value used
     out["apo/groups"] = float(num_groups)
     return loss, out
 
