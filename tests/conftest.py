@@ -114,7 +114,16 @@ def tokenizer():
 def make_trainer(tokenizer, tmp_path):
     """``make_trainer(**config_overrides) -> APOTrainer`` on a fresh tiny model (seed 0) and 16 prompts."""
 
-    def make(*, reward_funcs=None, dataset=None, trainer_cls=None, config_cls=None, init_std=0.02, **overrides):
+    def make(
+        *,
+        reward_funcs=None,
+        dataset=None,
+        eval_dataset=None,
+        trainer_cls=None,
+        config_cls=None,
+        init_std=0.02,
+        **overrides,
+    ):
         from apo import APOConfig, APOTrainer
 
         config_cls = config_cls or APOConfig
@@ -126,6 +135,7 @@ def make_trainer(tokenizer, tmp_path):
             reward_funcs=reward_funcs or count_a_reward,
             args=args,
             train_dataset=dataset if dataset is not None else prompt_dataset(),
+            eval_dataset=eval_dataset,
             processing_class=tokenizer,
         )
 

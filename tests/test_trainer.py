@@ -151,6 +151,7 @@ def train_and_check(trainer, expect_prefix):
     "algorithm, schedule, extra",
     [
         ("apo", "fixed", {}),
+        ("apo", "fixed", {"weight_clip_min": 0.5, "weight_clip_max": 2.0, "sequence_score": "mean"}),
         ("apo", "guarded", {"confidence_source": "sequence"}),
         ("apo", "guarded", {"confidence_source": "token"}),
         ("apo", "ess", {}),
@@ -483,3 +484,23 @@ def test_reward_funcs_used(make_trainer):
 def test_tiny_model_builder_is_deterministic(tokenizer):
     a, b = build_tiny_llama(tokenizer), build_tiny_llama(tokenizer)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_evaluation_uses_whole_groups_and_leaves_alpha_alone(make_trainer):
+    trainer = make_trainer(
+        alpha_schedule="guarded",
+        confidence_source="sequence",
+        eval_strategy="steps",
+        eval_steps=1,
+        per_device_eval_batch_size=4,
+        max_steps=1,
+        eval_dataset=prompt_dataset(8),
+    )
+    produced = []
+    update = trainer.alpha_schedule.update
+    trainer.alpha_schedule.update = lambda **kw: produced.append(update(**kw)) or produced[-1]
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals and math.isfinite(evals[0]["eval_loss"]) and "eval_apo/divergence" in evals[0]
+    assert len(produced) == 1  # one optimizer step; evaluation did not advance the schedule
+    assert evals[0]["eval_apo/alpha"] == pytest.approx(produced[0], rel=1e-6)

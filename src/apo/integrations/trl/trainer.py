@@ -195,6 +195,10 @@ class APOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         G = self.num_generations if mode == "train" else self.num_generations_eval
+        if "group_ids" not in inputs:
+            raise ValueError(
+                f"{mode} batch carries no group ids: its batch size is not a multiple of G={G}. {GROUP_HINT}"
+            )
         group_ids_N, rewards_N = inputs["group_ids"], inputs["rewards"]
         groups = make_groups(group_ids_N, G, hint=GROUP_HINT)  # verified before any compute
 
@@ -255,6 +259,7 @@ class APOTrainer(GRPOTrainer):
             group_size=G,
             group_hint=GROUP_HINT,
         )
+        metrics["apo/alpha"] = torch.tensor(alpha, dtype=torch.float64)  # exactly the alpha used, not a float32 copy
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         loss = loss / normalizer
         if self.aux_loss_enabled:
@@ -264,7 +269,13 @@ class APOTrainer(GRPOTrainer):
         return loss
 
     def _advance_alpha(
-        self, groups: GroupIndex, logp_NT: Tensor, old_logp_NT: Tensor, mask_NT: Tensor, rewards_N: Tensor, entropy_NT
+        self,
+        groups: GroupIndex,
+        logp_NT: Tensor,
+        old_logp_NT: Tensor,
+        mask_NT: Tensor,
+        rewards_N: Tensor,
+        entropy_NT: Tensor,
     ) -> float:
         """One schedule step from this micro-batch's groups, gathered over processes (every process: same alpha)."""
         args = self.args
@@ -295,7 +306,7 @@ class APOTrainer(GRPOTrainer):
 
     def _log_objective_metrics(self, mode: str, metrics: dict[str, Tensor], entropy_NT: Tensor, mask_NT: Tensor):
         keys = sorted(metrics)
-        local_K = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).to(self.accelerator.device)
+        local_K = torch.stack([metrics[k].detach().double().reshape(()) for k in keys]).to(self.accelerator.device)
         gathered_PK = self.accelerator.gather(local_K).view(-1, len(keys))
         for j, key in enumerate(keys):
             column = gathered_PK[:, j]
