@@ -44,7 +44,10 @@ class APOConfig(GRPOConfig):
     ``algorithm`` picks the objective: ``apo`` (alpha-divergence to the Boltzmann target over each candidate set,
     Eq. 7), ``adpo`` (ADPO-Softmax, APO's alpha = 1 gradient), or the peers ``grpo`` / ``gspo``, which run TRL's own
     loss unchanged. ``apo`` and ``adpo`` need whole groups in every micro-batch:
-    ``per_device_train_batch_size % num_generations == 0``.
+    ``per_device_train_batch_size % num_generations == 0``, whatever ``steps_per_generation``, ``num_iterations``,
+    gradient accumulation and world size (the trainer shuffles whole groups; see :mod:`apo.integrations.trl.trainer`).
+    The alpha schedule advances once per optimizer step, from the first micro-batch of the step gathered over all
+    processes; that alpha serves every micro-batch of the step and is logged as ``apo/alpha``.
 
     Example::
 
