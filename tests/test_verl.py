@@ -21,6 +21,7 @@ import torch
 verl = pytest.importorskip("verl")
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo import core_algos  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
@@ -36,6 +37,7 @@ from apo.integrations.verl.config import APOPolicyLossConfig  # noqa: E402
 pytestmark = pytest.mark.verl
 
 CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+RUN_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "examples", "verl", "run_qwen3_1.7b_math_l3.sh")
 B, G, T, P = 6, 4, 10, 5  # prompts, completions per prompt, response width, prompt width
 N = B * G
 
@@ -320,3 +322,35 @@ def test_on_policy_advantages_are_continuous_at_alpha_zero():
     near0 = algos.on_policy_advantages(rewards, alpha=1e-7, tau_anchor=1.0, beta_reward=1.0)
     torch.testing.assert_close(at0, near0, rtol=0, atol=1e-6)
     assert at0.sum(-1).abs().max() < 1e-12  # centred in each group
+
+
+@pytest.mark.parametrize("mode", ["group", "adv"])
+def test_run_script_settings_reach_the_apo_config(mode):
+    """The example script's overrides compose against verl's real config (Hydra ``--cfg job``: nothing runs)."""
+    env = {**os.environ, "MODE": mode, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    done = subprocess.run(["bash", RUN_SCRIPT, "--cfg", "job"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cfg = OmegaConf.create(done.stdout)
+    actor_cfg = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    settings, _ = algos.estimator_settings(cfg.algorithm)
+    for s in (actor_cfg.policy_loss, settings):
+        assert isinstance(s, APOPolicyLossConfig)
+        assert (s.alpha_schedule, s.alpha_min, s.alpha_max, s.tau_anchor, s.beta_reward) == (
+            "guarded",
+            0.35,
+            0.9,
+            0.8,
+            1.0,
+        )
+        assert (s.alpha_ema, s.baseline_ema, s.reward_scale) == (0.1, 0.1, 0.5)
+    assert cfg.actor_rollout_ref.rollout.n == 8 and cfg.data.max_response_length == 1024
+    assert cfg.data.train_batch_size == cfg.actor_rollout_ref.actor.ppo_mini_batch_size == 128
+    assert cfg.actor_rollout_ref.actor.optim.lr == 1.5e-5 and cfg.trainer.total_epochs == 2
+    assert cfg.trainer.use_v1 is False
+    if mode == "group":
+        assert cfg.algorithm.adv_estimator == "apo_group" and actor_cfg.policy_loss.loss_mode == "apo"
+        assert cfg.trainer.balance_batch is False and actor_cfg.shuffle is False and actor_cfg.use_dynamic_bsz is False
+        assert actor_cfg.ppo_micro_batch_size_per_gpu % 8 == 0
+    else:
+        assert cfg.algorithm.adv_estimator == "apo" and actor_cfg.policy_loss.loss_mode == "vanilla"
+        assert actor_cfg.loss_agg_mode == "seq-mean-token-sum"
