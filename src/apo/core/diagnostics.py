@@ -87,7 +87,7 @@ def apo_metrics(
         u = u_BG.detach().abs()
         out = {
             "apo/divergence": divergence_B.detach().mean(),
-            "apo/alpha": torch.tensor(float(alpha)),
+            "apo/alpha": torch.tensor(float(alpha), dtype=torch.float64),  # exact: the alpha the loss used
             "apo/ess": ess_frac_B.mean(),
             "apo/ess_signal": ess_frac_B[signal_B].mean() if bool(signal_B.any()) else ess_frac_B.new_tensor(1.0),
             "apo/entropy": ent_B.mean().to(log_p.dtype),

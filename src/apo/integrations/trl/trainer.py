@@ -15,8 +15,9 @@ What it overrides, and why (everything else is TRL's):
   current log-probs where TRL, exactly, knows the policy has not moved), the library objective
   (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
   ``make_groups`` verifies the grouping at every call.
-- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: the alpha schedule's state goes to
-  ``apo_alpha_schedule.json`` in every checkpoint (written atomically) and is restored on resume.
+- ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: every checkpoint folder is written under
+  ``.partial/`` and renamed into place when complete (a kill leaves the previous one intact); the alpha schedule's
+  state goes to ``apo_alpha_schedule.json`` in it and is restored on resume.
 
 Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
 
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Any
@@ -55,7 +57,7 @@ from typing import Any
 import torch
 import trl
 from torch import Tensor
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
@@ -319,17 +321,42 @@ class APOTrainer(GRPOTrainer):
     # Checkpoints: the schedule's state next to TRL's files.
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.alpha_schedule is not None and self.args.should_save:
-            folder = os.path.join(
-                self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        """Write ``checkpoint-N`` atomically, with the schedule's state inside.
+
+        Transformers writes the folder in place, so a kill mid-write leaves a partial ``checkpoint-N`` that
+        ``get_last_checkpoint`` would pick on resume. Here the parent writes into ``<output_dir>/.partial/`` and the
+        folder is renamed into place once every process has written its part; only then are old checkpoints
+        rotated out (``save_total_limit``), so a kill at any moment leaves the previous checkpoint whole."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = os.path.join(run_dir, ".partial")
+        original_output_dir = self.args.output_dir
+        self.args.output_dir = staging  # _get_output_dir(trial=None) reads args.output_dir
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.alpha_schedule is not None and self.args.should_save:
+                payload = {
+                    "schedule": self.alpha_schedule.name,
+                    "global_step": self.state.global_step,
+                    "state": self.alpha_schedule.state_dict(),
+                }
+                _write_json_atomic(os.path.join(staging, name, SCHEDULE_STATE_FILE), payload)
+        finally:
+            self.args.output_dir = original_output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            if os.path.exists(final):  # the same step saved again (e.g. the last step of a resumed run)
+                shutil.rmtree(final)
+            os.replace(os.path.join(staging, name), final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=False,
             )
-            payload = {
-                "schedule": self.alpha_schedule.name,
-                "global_step": self.state.global_step,
-                "state": self.alpha_schedule.state_dict(),
-            }
-            _write_json_atomic(os.path.join(folder, SCHEDULE_STATE_FILE), payload)
+        self.accelerator.wait_for_everyone()
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

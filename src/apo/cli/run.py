@@ -1,0 +1,302 @@
+"""`apo train` and `apo eval`: a run directory from a config, and the held-out reward of a policy.
+
+A run directory holds::
+
+    config.yaml          the resolved input settings (reloadable with `apo train RUN/config.yaml`)
+    metrics.jsonl        one JSON line per optimizer step: every logged metric, with `step`, `reward`, `apo/alpha`
+    eval_before.json     held-out mean reward of the starting policy (same prompts and seed as eval_after.json)
+    eval_after.json      ... of the trained policy
+    summary.json         wall time, steps, rewards before/after
+    curves.png           reward, alpha and ESS per step
+    checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
+                         written under a temporary name and renamed when complete, so a kill leaves the last one
+    final/               the trained model (safetensors) and tokenizer
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apo.cli import config as cfglib
+
+logger = logging.getLogger("apo")
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_policy(cfg):
+    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from apo.tasks.models import resolve_model
+
+    path = resolve_model(cfg.model, os.path.expanduser(cfg.cache_dir))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if cfg.bf16 else (torch.float16 if cfg.fp16 else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model, tokenizer
+
+
+def load_data(cfg, tokenizer, split: str, n: int | None, seed: int):
+    from apo.tasks.datasets import load_task
+
+    kw = dict(cfg.task_options)
+    if cfg.math_level is not None:
+        kw["level"] = cfg.math_level
+    return load_task(cfg.task, split, n, seed, tokenizer, **kw)
+
+
+def load_reward_fn(cfg):
+    """The config's reward function wrapped so that raising, hanging or NaN rewards score 0 and are logged."""
+    from apo.tasks.datasets import default_reward
+    from apo.tasks.rewards import load_reward, safe_reward
+
+    fn = load_reward(cfg.reward or default_reward(cfg.task))
+    return safe_reward(fn, timeout_s=cfg.reward_timeout)
+
+
+def evaluate(
+    model,
+    tokenizer,
+    dataset,
+    reward_fn,
+    *,
+    samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Mean reward of ``samples`` sampled completions per prompt of ``dataset`` (TRL's prompt handling: chat template
+    for conversational prompts, the tokenizer's special tokens otherwise). Deterministic for a fixed ``seed``.
+
+    Returns ``{"reward": mean, "pass_at_least_one": fraction of prompts with a positive reward, "prompts": n,
+    "samples": samples}``.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    rows = [dataset[i] for i in range(len(dataset))]
+    rewards: list[float] = []
+    solved = 0
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = next(model.parameters()).device
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        prompts = [r["prompt"] for r in batch]
+        if isinstance(prompts[0], list):
+            texts = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
+            enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        else:
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=samples,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        columns = {k: [r[k] for r in batch for _ in range(samples)] for k in batch[0] if k != "prompt"}
+        scores = reward_fn(prompts=[p for p in prompts for _ in range(samples)], completions=completions, **columns)
+        scores = [0.0 if s is None or not math.isfinite(s) else float(s) for s in scores]
+        rewards.extend(scores)
+        for i in range(len(batch)):
+            solved += any(s > 0 for s in scores[i * samples : (i + 1) * samples])
+    if was_training:
+        model.train()
+    return {
+        "reward": sum(rewards) / max(1, len(rewards)),
+        "pass_at_least_one": solved / max(1, len(rows)),
+        "prompts": len(rows),
+        "samples": samples,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step in ``run_dir`` (temporary folders are ignored)."""
+    best = None
+    for p in run_dir.glob("checkpoint-*"):
+        suffix = p.name.split("-", 1)[1]
+        if p.is_dir() and suffix.isdigit() and (best is None or int(suffix) > int(best.name.split("-", 1)[1])):
+            best = p
+    return best
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop metric lines past ``last_step`` (they belong to steps the resumed run will redo)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def _callbacks(run_dir: Path, max_steps: int):
+    from transformers import TrainerCallback
+
+    class MetricsJsonl(TrainerCallback):
+        """Appends one JSON line per logged optimizer step to ``metrics.jsonl`` (flushed and fsynced)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs or "loss" not in logs and "reward" not in logs:
+                return
+            row = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+            row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+    class Progress(TrainerCallback):
+        """A progress bar with step, reward and alpha (replaces the Trainer's own)."""
+
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(
+                    total=state.max_steps or max_steps, initial=state.global_step, desc="apo train", dynamic_ncols=True
+                )
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs:
+                self.bar.n = state.global_step
+                post = {k.split("/")[-1]: f"{logs[k]:.3f}" for k in ("reward", "apo/alpha", "loss") if k in logs}
+                self.bar.set_postfix(post, refresh=True)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.n = state.global_step
+                self.bar.close()
+
+    return [MetricsJsonl(), Progress()]
+
+
+def train(values: dict[str, Any], *, resume: bool = False) -> Path:
+    """Run ``apo train`` for validated config ``values`` (:func:`apo.cli.config.resolve_values`); returns the run
+    directory. With ``resume``, continues from the last complete checkpoint of the same run directory (the saved
+    config must match)."""
+    import torch
+    from transformers import PrinterCallback, ProgressCallback
+
+    from apo.integrations.trl.trainer import APOTrainer
+
+    t0 = time.time()
+    cfg = cfglib.build(values)
+    run_dir = Path(cfg.output_dir)
+    saved_cfg = run_dir / "config.yaml"
+    checkpoint = None
+    if resume:
+        if not saved_cfg.exists():
+            raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
+        saved = yaml.safe_load(saved_cfg.read_text())
+        diff = sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
+        if diff:
+            raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
+        checkpoint = last_checkpoint(run_dir)
+        _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+    else:
+        if (run_dir / "metrics.jsonl").exists():
+            raise cfglib.ConfigError(
+                f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved_cfg.write_text(yaml.safe_dump(values, sort_keys=True))
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    _seed_everything(cfg.seed)
+
+    model, tokenizer = load_policy(cfg)
+    train_ds = load_data(cfg, tokenizer, "train", cfg.train_size, cfg.seed)
+    reward_fn = load_reward_fn(cfg)
+    eval_kw = dict(
+        samples=cfg.eval_samples,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_completion_length,
+        seed=cfg.eval_seed,
+        batch_size=cfg.eval_batch_size,
+    )
+    eval_ds = None
+    if cfg.eval_before_after:
+        eval_ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
+        if not (run_dir / "eval_before.json").exists():
+            before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kw)
+            _write_json(run_dir / "eval_before.json", before)
+            logger.info("held-out reward before training: %.4f", before["reward"])
+
+    trainer = APOTrainer(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=cfg,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        callbacks=_callbacks(run_dir, cfg.max_steps),
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    final = run_dir / "final"
+    tmp = run_dir / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+    summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": time.time() - t0}
+    if cfg.eval_before_after and eval_ds is not None:
+        after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)
+        _write_json(run_dir / "eval_after.json", after)
+        before = json.loads((run_dir / "eval_before.json").read_text())
+        summary.update(
+            reward_before=before["reward"],
+            reward_after=after["reward"],
+            reward_gain=after["reward"] - before["reward"],
+        )
+    prev = run_dir / "summary.json"
+    if resume and prev.exists():  # wall time of the interrupted part counts too
+        summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
+    _write_json(prev, summary)
+    from apo.cli.plots import plot_run
+
+    plot_run(run_dir)
+    return run_dir
