@@ -67,10 +67,28 @@ def cmd_eval(args) -> int:
 
 
 def cmd_config(args) -> int:
+    import torch
+
     from apo.cli import config as cfglib
 
-    print(cfglib.dump(cfglib.build(_values(args.items)), only_changed=not args.all), end="")
+    values = _values(args.items)
+    unchecked = [k for k in ("bf16", "fp16") if values.get(k) and not torch.cuda.is_available()]
+    # TrainingArguments refuses bf16/fp16 without a GPU; print a GPU config here all the same, saying so.
+    cfg = cfglib.build({**values, **dict.fromkeys(unchecked, False)})
+    text = cfglib.dump(cfg, only_changed=not args.all)
+    if unchecked:
+        text = yaml_set(text, {k: True for k in unchecked})
+        text = f"# {', '.join(unchecked)}: not checked (no GPU on this machine)\n" + text
+    print(text, end="")
     return 0
+
+
+def yaml_set(text: str, updates: dict) -> str:
+    import yaml
+
+    data = yaml.safe_load(text)
+    data.update(updates)
+    return yaml.safe_dump(data, sort_keys=True)
 
 
 def cmd_compare(args) -> int:

@@ -45,8 +45,11 @@ def load_policy(cfg):
     """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from apo.tasks.models import resolve_model
+
+    hf_logging.disable_progress_bar()  # the run has its own progress bar
 
     path = resolve_model(cfg.model, os.path.expanduser(cfg.cache_dir))
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -244,9 +247,12 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    model, tokenizer = load_policy(cfg)
-    train_ds = load_data(cfg, tokenizer, "train", cfg.train_size, cfg.seed)
-    reward_fn = load_reward_fn(cfg)
+    try:  # the loaders' ValueErrors name the setting (model=, task=, reward=): report them as config errors
+        reward_fn = load_reward_fn(cfg)
+        model, tokenizer = load_policy(cfg)
+        train_ds = load_data(cfg, tokenizer, "train", cfg.train_size, cfg.seed)
+    except ValueError as e:
+        raise cfglib.ConfigError(str(e)) from None
     eval_kw = dict(
         samples=cfg.eval_samples,
         temperature=cfg.temperature,

@@ -1,0 +1,133 @@
+"""`apo train` / `apo config` / `apo eval` end to end on the shipped tiny model (offline, CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from apo.cli.main import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAST = ["eval_size=16", "eval_samples=2", "per_device_train_batch_size=16", "torch_threads=1"]
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_default_writes_the_run_directory(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", f"output_dir={run}", "max_steps=2", "save_steps=1", *FAST]) == 0
+    for name in ("config.yaml", "metrics.jsonl", "eval_before.json", "eval_after.json", "summary.json", "curves.png"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0.0 <= r["reward"] <= 1.0 and 0.35 <= r["apo/alpha"] <= 0.9 and "apo/ess" in r
+    assert (run / "final" / "model.safetensors").is_file()
+    ckpt = run / "checkpoint-2"
+    assert (ckpt / "model.safetensors").is_file() and (ckpt / "apo_alpha_schedule.json").is_file()
+    assert not (run / ".partial").exists()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and "reward_before" in summary and "reward_after" in summary
+    out = json.loads(capsys.readouterr().out)
+    assert out["run_dir"] == str(run)
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", f"output_dir={run}", "max_steps=1", "eval_before_after=false", *FAST]) == 0
+    assert main(["train", f"output_dir={run}", "max_steps=1", "eval_before_after=false", *FAST]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("alpah=0.5", "unknown config key 'alpah' (did you mean 'alpha'?)"),
+        ("alpha=high", "config key 'alpha': expected float, got str 'high'"),
+        ("max_steps=1.5", "config key 'max_steps': expected int"),
+        ("alpha_min=0.9", "alpha_min (0.9) must be <= alpha_max (0.5)"),
+        ("num_generations=1", "num_generations must be >= 2"),
+        ("per_device_train_batch_size=12", "per_device_train_batch_size (12) must be a multiple of num_generations"),
+        ("algorithm=ppo", "unknown algorithm 'ppo'"),
+        ("reward=nothing", "reward='nothing': unknown name"),
+        ("model=/no/such/folder", "model='/no/such/folder'"),
+        ("task=arith:%", "ArithmeticTask.ops=('%',): each op must be one of"),
+    ],
+)
+def test_config_errors_name_the_key(override, message, capsys, tmp_path):
+    extra = ["alpha_max=0.5"] if override.startswith("alpha_min") else []
+    code = main(["train", f"output_dir={tmp_path / 'r'}", override, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("apo: error:")
+    assert message in err
+
+
+def test_config_prints_resolved_values_and_bundled_configs(capsys):
+    assert main(["config", "alpha=0.25"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha: 0.25" in out and "model: tiny-arith" in out
+    assert main(["config", "paper-qwen3-1.7b-math-l3"]) == 0
+    out = capsys.readouterr().out
+    assert "model: Qwen/Qwen3-1.7B" in out and "learning_rate: 1.5e-05" in out and "max_completion_length: 1024" in out
+    assert "gradient_accumulation_steps: 16" in out and "lr_scheduler_type: cosine" in out
+
+
+def test_failing_rewards_are_scored_zero_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    run = tmp_path / "run"
+    args = [
+        "train",
+        f"output_dir={run}",
+        "max_steps=2",
+        "reward=bad_rewards:flaky",
+        "reward_timeout=0.5",
+        "eval_before_after=false",
+        *FAST,
+    ]
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    assert _steps(run) == [1, 2]
+    log = caplog.text
+    assert "reward crashed" in log and "timed out" in log.lower() and "nan" in log.lower()
+
+
+def test_sigkill_then_resume_loses_and_repeats_no_step(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "apo.cli.main",
+        "train",
+        f"output_dir={run}",
+        "max_steps=8",
+        "save_steps=2",
+        "eval_before_after=false",
+        *FAST,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint-2").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "checkpoint-2").exists(), "the run never wrote its first checkpoint"
+    assert not (run / "summary.json").exists(), "the run finished before it could be killed"
+    done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _steps(run) == list(range(1, 9))
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8
+
+
+def test_eval_command(capsys):
+    assert main(["eval", "eval_size=8", "eval_samples=2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prompts"] == 8 and 0.0 <= result["reward"] <= 1.0
