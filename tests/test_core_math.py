@@ -205,3 +205,16 @@ def test_metrics_are_present_and_sane():
     assert m["apo/confidence"].item() == pytest.approx(0.0, abs=1e-9)
     assert m["apo/u_abs_max"].item() == pytest.approx(0.1, abs=1e-9)
     assert m["apo/alpha"].item() == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("alpha, clip", [(0.0, None), (0.35, None), (0.9, None), (1.0, None), (0.5, (0.8, 1.25))])
+def test_on_policy_advantages_give_the_apo_gradient(alpha, clip):
+    # A per-sample policy-gradient loss -(1/(B G)) sum_i A_i l_i has APO's gradient at u = 0.
+    g = torch.Generator().manual_seed(9)
+    B, G, tau = 3, 8, 0.8
+    rewards = torch.randint(0, 2, (B, G), generator=g).double()
+    ref = torch.randn(B, G, generator=g)
+    seq = ref.clone().requires_grad_(True)
+    apo_loss(seq, ref, rewards, alpha=alpha, tau_anchor=tau, weight_clip=clip)[0].backward()
+    adv = apo.on_policy_advantages(rewards, alpha=alpha, tau_anchor=tau, beta_reward=1.0, weight_clip=clip)
+    assert torch.allclose(seq.grad, -adv / (B * G), atol=1e-12)

@@ -18,6 +18,7 @@ from .objectives import (
     get_objective,
     grpo_loss,
     gspo_loss,
+    on_policy_advantages,
     register_objective,
 )
 from .schedules import SCHEDULES, ESSAlpha, FixedAlpha, GuardedAlpha, make_alpha_schedule
@@ -50,6 +51,7 @@ __all__ = [
     "make_alpha_schedule",
     "make_groups",
     "normalized_entropy",
+    "on_policy_advantages",
     "register_objective",
     "sequence_confidence",
     "sequence_logprob",

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from apo.core import boltzmann_log_target, get_objective, make_groups
-from apo.core.objectives import check_weight_clip
+from apo.core.objectives import on_policy_advantages
 from apo.core.targets import check_finite
 
 from . import payload
@@ -57,46 +57,6 @@ AGG_FOR_SCORE = {"sum": "seq-mean-token-sum", "mean": "seq-mean-token-mean"}
 
 # ----------------------------------------------------------------------------------------------------------------
 # On-policy APO weights (the math; pure function).
-
-
-def on_policy_advantages(
-    rewards_BG: Tensor,
-    *,
-    alpha: float,
-    tau_anchor: float,
-    beta_reward: float,
-    eps: float = 1e-6,
-    weight_clip: tuple[float, float] | None = None,
-) -> Tensor:
-    """Per-completion advantages whose policy gradient is APO's at the rollout policy (``u = 0``).
-
-    At ``u = 0`` the anchored policy is uniform, ``p_i = 1/G``, the ratio is ``r_i = q_i / p_i = G q_i`` and
-    Theorem 4.1 gives ``dL_b/dl_i = -(1/(alpha tau)) (w_i - mean_j w_j)`` with ``w_i = q_i^alpha G^(alpha-1) =
-    r_i^alpha / G``. A per-sample loss ``-(1/(B G)) sum_i A_i l_i`` (verl ``seq-mean-token-sum`` over ``N = B G``
-    rows, ratio 1) has the gradient of ``L = mean_b L_b`` when::
-
-        A_i = G (w_i - mean_j w_j) / (alpha tau) = (e_i - mean_j e_j) / tau,   e_i = expm1(alpha log r_i) / alpha
-
-    (shifting ``r^alpha`` by 1 leaves the centred value unchanged and keeps ``alpha -> 0`` finite: ``e_i -> log
-    r_i``). With ``weight_clip = (w_min, w_max)`` (Eq. 24), ``r^alpha`` is clipped first, as in
-    :func:`apo.core.apo_loss`. Groups with equal rewards get ``A = 0``.
-
-    Args:
-        rewards_BG: ``[B, G]`` rewards.
-    Returns:
-        ``[B, G]`` advantages (float64).
-    """
-    weight_clip = check_weight_clip(weight_clip)
-    log_q_BG = boltzmann_log_target(rewards_BG.double(), beta_reward, eps)
-    log_r_BG = log_q_BG + math.log(rewards_BG.shape[1])
-    if alpha == 0.0:
-        e_BG = log_r_BG
-    else:
-        e_BG = torch.expm1(alpha * log_r_BG)
-        if weight_clip is not None:
-            e_BG = e_BG.clamp(weight_clip[0] - 1.0, weight_clip[1] - 1.0)
-        e_BG = e_BG / alpha
-    return (e_BG - e_BG.mean(-1, keepdim=True)) / tau_anchor
 
 
 # ----------------------------------------------------------------------------------------------------------------
