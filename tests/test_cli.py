@@ -70,6 +70,14 @@ def test_config_errors_name_the_key(override, message, capsys, tmp_path):
     assert message in err
 
 
+def test_yaml_no_is_the_string_for_string_settings(capsys):
+    assert main(["config", "save_strategy=no", "eval_strategy=no"]) == 0
+    out = capsys.readouterr().out
+    assert "save_strategy: 'no'" in out or "save_strategy: no" in out
+    assert main(["config", "use_cpu=yes"]) == 0  # a real boolean stays one
+    assert "use_cpu: true" in capsys.readouterr().out
+
+
 def test_config_prints_resolved_values_and_bundled_configs(capsys):
     assert main(["config", "alpha=0.25"]) == 0
     out = capsys.readouterr().out

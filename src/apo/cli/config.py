@@ -158,6 +158,9 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
             close = difflib.get_close_matches(key, list(fields), n=1)
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         tp = hints.get(key, fields[key].type)
+        if isinstance(value, bool) and not _type_ok(value, tp) and _type_ok("no", tp):
+            # YAML 1.1 reads `no`/`yes` as booleans; `save_strategy: no` means the string here.
+            value = values[key] = "yes" if value else "no"
         if not _type_ok(value, tp):
             raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     values.setdefault("output_dir", default_output_dir(values))
