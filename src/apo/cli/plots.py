@@ -1,8 +1,16 @@
-"""Figures from saved metrics (``metrics.jsonl``); no training, no TRL import."""
+"""Figures and tables from saved run directories (``metrics.jsonl``, ``eval_*.json``, ``summary.json``); no training,
+no TRL import.
+
+:func:`plot_run` draws one run; :func:`write_comparison` draws several runs grouped by preset (``apo compare``,
+``apo plot``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 from pathlib import Path
 
 
@@ -42,4 +50,323 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+    return out
+
+
+# --- Comparison of several runs (`apo compare`, `apo plot`) ---------------------------------------------------------
+
+SMOOTH_WINDOW = 10
+"""Steps in the trailing moving average of the training reward (figures and table)."""
+
+REWARD_THRESHOLD = 0.5
+"""Training reward whose first crossing (smoothed) is reported as "steps to threshold"."""
+
+CONFIDENCE = 0.95
+
+# Two-sided 97.5% quantiles of Student's t with df = 1..30 degrees of freedom.
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)  # fmt: skip
+
+
+def t_quantile_975(df: int) -> float:
+    """``t_{0.975, df}``: exact to 4 decimals for ``df <= 30``; above, the Cornish-Fisher expansion
+    ``z + (z^3 + z) / (4 df) + (5 z^5 + 16 z^3 + 3 z) / (96 df^2)`` with ``z = 1.959964`` (error < 1e-4)."""
+    if df < 1:
+        raise ValueError(f"t quantile needs df >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, int]:
+    """``(mean, half_width, n)`` of the 95% t-interval ``mean +- t_{0.975, n-1} * s / sqrt(n)`` (``s``: the sample
+    standard deviation with ``n - 1``). ``half_width`` is NaN for ``n = 1``; both are NaN for ``n = 0``."""
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    m = sum(values) / n
+    if n == 1:
+        return m, math.nan, 1
+    s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, t_quantile_975(n - 1) * s / math.sqrt(n), n
+
+
+def moving_average(xs: list[float], window: int = SMOOTH_WINDOW) -> list[float]:
+    """Trailing moving average: ``y_t = mean(x_{max(0, t-window+1)}, ..., x_t)`` (a shorter window at the start)."""
+    out, acc = [], 0.0
+    for t, x in enumerate(xs):
+        acc += x
+        if t >= window:
+            acc -= xs[t - window]
+        out.append(acc / min(t + 1, window))
+    return out
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run directories among ``paths``: a folder with ``config.yaml`` or ``metrics.jsonl`` is a run; another folder
+    stands for the runs directly inside it (sorted by name).
+
+    Raises:
+        FileNotFoundError: a path that is neither a run nor holds one.
+    """
+    runs: list[Path] = []
+    for p in map(Path, paths):
+        if _is_run(p):
+            runs.append(p)
+            continue
+        inner = sorted(q for q in p.iterdir() if _is_run(q)) if p.is_dir() else []
+        if not inner:
+            raise FileNotFoundError(f"{p} is not a run directory (no config.yaml / metrics.jsonl) and holds none")
+        runs.extend(inner)
+    return runs
+
+
+def _is_run(p: Path) -> bool:
+    return p.is_dir() and ((p / "config.yaml").is_file() or (p / "metrics.jsonl").is_file())
+
+
+def run_label(run_dir: Path) -> str:
+    """The preset of a run: its directory name without ``-seed<k>`` when that is a known preset, otherwise derived from
+    its ``config.yaml`` (``apo-<alpha_schedule>`` for APO, else the algorithm)."""
+    from apo.cli.presets import PRESETS
+
+    m = re.fullmatch(r"(.+)-seed\d+", run_dir.name)
+    if m and m.group(1) in PRESETS:
+        return m.group(1)
+    cfg = {}
+    if (run_dir / "config.yaml").is_file():
+        import yaml
+
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    alg = cfg.get("algorithm", "apo")
+    return f"apo-{cfg.get('alpha_schedule', 'fixed')}" if alg == "apo" else alg
+
+
+def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
+    """Runs grouped by :func:`run_label`, presets in :data:`apo.cli.presets.PRESETS` order, then other labels sorted;
+    runs within a group sorted by directory name."""
+    from apo.cli.presets import PRESETS
+
+    groups: dict[str, list[Path]] = {}
+    for r in run_dirs:
+        groups.setdefault(run_label(r), []).append(r)
+    order = [k for k in PRESETS if k in groups] + sorted(k for k in groups if k not in PRESETS)
+    return {k: sorted(groups[k], key=lambda p: p.name) for k in order}
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = REWARD_THRESHOLD) -> dict:
+    """The per-run numbers of the comparison table (``None`` where a file or metric is missing):
+
+    - ``reward_before`` / ``reward_after``: held-out mean reward of ``eval_before.json`` / ``eval_after.json``;
+    - ``best_train_reward``: ``max_t`` of the trailing ``window``-step moving average of the per-step training reward
+      (the mean reward of the step's sampled completions, ``reward`` in ``metrics.jsonl``);
+    - ``steps_to_threshold``: the first optimizer step whose smoothed training reward is ``>= threshold``
+      (``None``: never);
+    - ``final_entropy``: mean token entropy (TRL's ``entropy``) over the last ``ceil(10%)`` of logged steps;
+    - ``wall_time_s``: ``summary.json``'s wall time (training, evaluations, checkpoints);
+    - ``steps``: optimizer steps logged.
+    """
+    rows = read_metrics(run_dir)
+    pts = [(r["step"], r["reward"]) for r in rows if "reward" in r]
+    smooth = moving_average([v for _, v in pts], window)
+    ent = [r["entropy"] for r in rows if "entropy" in r]
+    tail = ent[-max(1, math.ceil(0.1 * len(ent))) :] if ent else []
+    before = _read_json(run_dir / "eval_before.json")
+    after = _read_json(run_dir / "eval_after.json")
+    summary = _read_json(run_dir / "summary.json")
+    return {
+        "reward_before": before["reward"] if before else None,
+        "reward_after": after["reward"] if after else None,
+        "best_train_reward": max(smooth) if smooth else None,
+        "steps_to_threshold": next((s for (s, _), y in zip(pts, smooth, strict=True) if y >= threshold), None),
+        "final_entropy": sum(tail) / len(tail) if tail else None,
+        "wall_time_s": summary["wall_time_s"] if summary else None,
+        "steps": len(rows),
+    }
+
+
+TABLE_COLUMNS = (
+    ("reward_before", "held-out reward before", 3),
+    ("reward_after", "held-out reward after", 3),
+    ("best_train_reward", "best training reward", 3),
+    ("steps_to_threshold", "steps to threshold", 0),
+    ("final_entropy", "final token entropy", 3),
+    ("wall_time_s", "wall time (s)", 0),
+)
+"""``(key of run_stats, column title, decimals)`` of ``table.md``."""
+
+
+def comparison_table(
+    run_dirs: list[Path], *, window: int = SMOOTH_WINDOW, threshold: float = REWARD_THRESHOLD
+) -> dict:
+    """The content of ``table.json``: per preset, every per-run value of :func:`run_stats` and, per column, the mean
+    and 95% t half-width over the runs that have a value (``n``; ``steps_to_threshold`` counts only the runs that
+    reached the threshold, ``reached`` of ``runs``)."""
+    table = {"window": window, "threshold": threshold, "confidence": CONFIDENCE, "algorithms": []}
+    for label, runs in group_runs(run_dirs).items():
+        stats = [run_stats(r, window=window, threshold=threshold) for r in runs]
+        cols = {}
+        for key, _, _ in TABLE_COLUMNS:
+            values = [s[key] for s in stats]
+            m, hw, n = mean_ci([v for v in values if v is not None])
+            cols[key] = {"values": values, "mean": _nan_none(m), "half_width": _nan_none(hw), "n": n}
+        table["algorithms"].append(
+            {"algorithm": label, "runs": [r.name for r in runs], "steps": [s["steps"] for s in stats], **cols}
+        )
+    return table
+
+
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _cell(col: dict, decimals: int, n_runs: int) -> str:
+    if col["mean"] is None:
+        return "—"
+    text = f"{col['mean']:.{decimals}f}"
+    if col["half_width"] is not None:
+        text += f" ± {col['half_width']:.{decimals}f}"
+    return text if col["n"] == n_runs else f"{text} ({col['n']} of {n_runs})"
+
+
+def table_markdown(table: dict) -> str:
+    """``table.md`` from :func:`comparison_table`'s result (no paths or dates: the same runs give the same bytes)."""
+    w, thr = table["window"], table["threshold"]
+    lines = [
+        "| algorithm | seeds | " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(TABLE_COLUMNS),
+    ]
+    for row in table["algorithms"]:
+        n_runs = len(row["runs"])
+        cells = [_cell(row[k], d, n_runs) for k, _, d in TABLE_COLUMNS]
+        lines.append(f"| {row['algorithm']} | {n_runs} | " + " | ".join(cells) + " |")
+    notes = [
+        f'Mean ± half-width of the {table["confidence"]:.0%} t-interval over seeds (no ± for one seed; "k of n": '
+        "only k of the n runs have a value).",
+        "Held-out reward: mean reward of the sampled completions on the held-out prompts (eval_before.json / "
+        "eval_after.json); *before* is the starting policy, the same for every run.",
+        f"Best training reward: the maximum over steps of the {w}-step trailing moving average of the per-step "
+        "training reward (mean reward of the step's sampled completions).",
+        f"Steps to threshold: the first optimizer step whose {w}-step smoothed training reward is ≥ {thr:g}, averaged "
+        'over the runs that reach it ("k of n"); — when none does.',
+        "Final token entropy: mean per-token entropy of the policy (TRL's `entropy`) over the last 10% of steps.",
+        "Wall time: summary.json's wall time of each run (training, checkpoints, both evaluations).",
+    ]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def _aligned(runs: list[Path], key: str, window: int) -> tuple[list[int], list[list[float]]]:
+    """Steps logged with ``key`` by every run, and per run its (smoothed when ``window > 1``) values at those steps."""
+    series = []
+    for r in runs:
+        pts = [(row["step"], row[key]) for row in read_metrics(r) if key in row]
+        ys = moving_average([v for _, v in pts], window) if window > 1 else [v for _, v in pts]
+        series.append(dict(zip([s for s, _ in pts], ys, strict=True)))
+    common = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    return common, [[s[t] for t in common] for s in series]
+
+
+def _band(ax, runs: list[Path], key: str, window: int, label: str, color) -> bool:
+    steps, per_run = _aligned(runs, key, window)
+    if not steps:
+        return False
+    stats = [mean_ci([ys[i] for ys in per_run]) for i in range(len(steps))]
+    mean = [m for m, _, _ in stats]
+    ax.plot(steps, mean, lw=1.4, color=color, label=f"{label} (n={len(runs)})")
+    if len(runs) > 1:
+        ax.fill_between(
+            steps, [m - h for m, h, _ in stats], [m + h for m, h, _ in stats], color=color, alpha=0.18, lw=0
+        )
+    return True
+
+
+def plot_reward_curves(groups: dict[str, list[Path]], out: Path, *, window: int = SMOOTH_WINDOW) -> Path:
+    """``curves.png``: per preset, the mean over seeds of the smoothed training reward per step with its 95%
+    t-interval band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    colors = plt.get_cmap("tab10")
+    for i, (label, runs) in enumerate(groups.items()):
+        _band(ax, runs, "reward", window, label, colors(i % 10))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training reward")
+    ax.set_title(f"Training reward: mean ± 95% t-interval over seeds ({window}-step moving average)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_alpha_curves(groups: dict[str, list[Path]], out: Path, *, window: int = SMOOTH_WINDOW) -> Path:
+    """``alpha.png``: for the APO presets, alpha used (``apo/alpha``), ESS / G (``apo/ess``), confidence c_t
+    (``apo/confidence``), p_theta entropy / log G (``apo/entropy``) and ``max |u|`` over the batch
+    (``apo/u_abs_max``, ``u = l_theta - l_old``: 0 whenever the loss is evaluated at the rollout parameters);
+    token entropy (``entropy``) of every preset. Mean over seeds with a 95% t-interval band, unsmoothed except the
+    token entropy (``window``-step average)."""
+    from apo.cli.presets import APO_PRESETS
+
+    plt = _pyplot()
+    colors = plt.get_cmap("tab10")
+    color_of = {label: colors(i % 10) for i, label in enumerate(groups)}
+    apo = {k: v for k, v in groups.items() if k in APO_PRESETS or k.startswith("apo-")}
+    panels = [
+        ("apo/alpha", "alpha used", apo, 1),
+        ("apo/ess", "ESS / G", apo, 1),
+        ("apo/confidence", "confidence c_t (Eq. 19)", apo, 1),
+        ("apo/entropy", "p_theta entropy / log G", apo, 1),
+        ("apo/u_abs_max", "max |u| = max |l_theta - l_old|", apo, 1),
+        ("entropy", f"token entropy ({window}-step avg.)", groups, window),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    for ax, (key, title, subset, w) in zip(axes.flat, panels, strict=True):
+        drawn = [_band(ax, runs, key, w, label, color_of[label]) for label, runs in subset.items()]
+        if not any(drawn):
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.legend(fontsize=7)
+        ax.set_xlabel("optimizer step")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle("APO schedule diagnostics: mean ± 95% t-interval over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_comparison(
+    paths: list[str | Path],
+    out_dir: str | Path | None = None,
+    *,
+    window: int = SMOOTH_WINDOW,
+    threshold: float = REWARD_THRESHOLD,
+) -> Path:
+    """``curves.png``, ``alpha.png``, ``table.md`` and ``table.json`` for the runs in ``paths`` (see
+    :func:`find_runs`), written to ``out_dir`` (default: the runs' common parent folder); returns that folder."""
+    runs = find_runs(paths)
+    out = Path(out_dir) if out_dir else Path(os.path.commonpath([str(r.resolve().parent) for r in runs]))
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_runs(runs)
+    table = comparison_table(runs, window=window, threshold=threshold)
+    (out / "table.json").write_text(json.dumps(table, indent=2) + "\n")
+    (out / "table.md").write_text(table_markdown(table))
+    plot_reward_curves(groups, out / "curves.png", window=window)
+    plot_alpha_curves(groups, out / "alpha.png", window=window)
     return out

@@ -1,0 +1,163 @@
+"""`apo compare` / `apo plot`: presets, the comparison table's statistics (hand-computed), and an end-to-end run of the
+real CLI on the shipped tiny model (2 presets x 1 seed x 2 steps, CPU, offline)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from apo.cli import plots
+from apo.cli.config import build, resolve_values
+from apo.cli.main import main
+from apo.cli.presets import PRESETS, preset
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_builds_on_the_default(name):
+    cfg = build(resolve_values(None, preset(name)))
+    assert cfg.algorithm == name.split("-")[0]
+
+
+def test_presets_carry_the_papers_settings():
+    ess = build(resolve_values(None, preset("apo-ess")))
+    assert (ess.alpha_schedule, ess.alpha_min, ess.alpha_max, ess.ess_target) == ("ess", 0.35, 0.9, 0.5)
+    assert build(resolve_values(None, preset("apo-fixed"))).alpha == 0.6
+    g = build(resolve_values(None, preset("apo-guarded")))
+    assert (g.alpha_schedule, g.alpha_ema, g.baseline_ema, g.reward_scale) == ("guarded", 0.1, 0.1, 0.5)
+    assert g.confidence_source == "anchored"
+    gspo = build(resolve_values(None, preset("gspo")))
+    assert (gspo.importance_sampling_level, gspo.loss_type, gspo.epsilon, gspo.epsilon_high) == (
+        "sequence",
+        "grpo",
+        3e-4,
+        4e-4,
+    )
+    for name in ("apo-ess", "apo-fixed", "apo-guarded", "adpo"):
+        cfg = build(resolve_values(None, preset(name)))
+        assert (cfg.tau_anchor, cfg.beta_reward) == (0.8, 1.0)
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown algorithm preset 'apo-foo'; valid: apo-ess, apo-fixed"):
+        preset("apo-foo")
+    rc = main(["compare", "--algorithms", "apo-ess,apo-foo", "--seeds", "0", "--out", str(tmp_path / "c")])
+    assert rc == 2
+    assert "unknown algorithm preset 'apo-foo'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # validated before anything is trained
+
+
+def test_statistics_by_hand():
+    # t_{0.975} with 2 and 40 degrees of freedom (tables: 4.3027, 2.0211).
+    assert plots.t_quantile_975(2) == 4.3027
+    assert abs(plots.t_quantile_975(40) - 2.0211) < 1e-4
+    # [1, 2, 3]: mean 2, s = 1, half-width 4.3027 * 1 / sqrt(3) = 2.48417
+    m, hw, n = plots.mean_ci([1.0, 2.0, 3.0])
+    assert (m, n) == (2.0, 3) and abs(hw - 2.48417) < 1e-5
+    assert math.isnan(plots.mean_ci([5.0])[1])
+    # window 3: 1, (1+2)/2, (1+2+3)/3, (2+3+4)/3
+    assert plots.moving_average([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
+
+
+def _fake_run(root, name, rewards, entropies, before, after, wall):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": i + 1, "reward": r, "entropy": e}) + "\n"
+            for i, (r, e) in enumerate(zip(rewards, entropies, strict=True))
+        )
+    )
+    (d / "eval_before.json").write_text(json.dumps({"reward": before}))
+    (d / "eval_after.json").write_text(json.dumps({"reward": after}))
+    (d / "summary.json").write_text(json.dumps({"wall_time_s": wall}))
+    return d
+
+
+def test_table_of_synthetic_runs(tmp_path):
+    ent = [1.0] * 9 + [0.5]  # 10 steps: the last 10% is the last step
+    _fake_run(tmp_path, "gspo-seed0", [0.1] * 10, ent, 0.3, 0.4, 10.0)
+    _fake_run(tmp_path, "gspo-seed1", [0.2] * 10, ent, 0.3, 0.6, 20.0)
+    # seed 2 reaches 0.5 at step 3 with window 2: smoothed = 0.2, 0.45, 0.7, ...
+    _fake_run(tmp_path, "gspo-seed2", [0.2, 0.7] + [0.7] * 8, ent, 0.3, 0.8, 30.0)
+    _fake_run(tmp_path, "apo-ess-seed0", [0.6] * 10, ent, 0.3, 0.5, 5.0)
+    plots.write_comparison([tmp_path], tmp_path / "out", window=2, threshold=0.5)
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    rows = {r["algorithm"]: r for r in table["algorithms"]}
+    assert [r["algorithm"] for r in table["algorithms"]] == ["apo-ess", "gspo"]  # preset order
+    g = rows["gspo"]
+    # held-out after: 0.4, 0.6, 0.8 -> mean 0.6, s = 0.2, half-width 4.3027 * 0.2 / sqrt(3) = 0.49683
+    assert abs(g["reward_after"]["mean"] - 0.6) < 1e-12 and abs(g["reward_after"]["half_width"] - 0.49683) < 1e-5
+    assert g["best_train_reward"]["values"] == pytest.approx([0.1, 0.2, 0.7])
+    assert g["steps_to_threshold"]["values"] == [None, None, 3]
+    assert g["steps_to_threshold"]["n"] == 1
+    assert g["final_entropy"]["values"] == [0.5, 0.5, 0.5]
+    assert g["wall_time_s"]["mean"] == 20.0
+    assert rows["apo-ess"]["steps_to_threshold"]["values"] == [1]
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "| gspo | 3 | 0.300 ± 0.000 | 0.600 ± 0.497 |" in md
+    assert "| 3 (1 of 3) |" in md
+
+
+def _recomputed(run_dir, window, threshold):
+    """The table's per-run numbers recomputed from the run's files, independently of apo.cli.plots."""
+    rows = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row
+    steps = sorted(rows)
+    rewards = [rows[s]["reward"] for s in steps]
+    windows = [rewards[max(0, i - window + 1) : i + 1] for i in range(len(rewards))]
+    smooth = [sum(w) / len(w) for w in windows]
+    ent = [rows[s]["entropy"] for s in steps]
+    k = max(1, math.ceil(0.1 * len(ent)))
+    return {
+        "reward_before": json.loads((run_dir / "eval_before.json").read_text())["reward"],
+        "reward_after": json.loads((run_dir / "eval_after.json").read_text())["reward"],
+        "best_train_reward": max(smooth),
+        "steps_to_threshold": next((s for s, y in zip(steps, smooth, strict=True) if y >= threshold), None),
+        "final_entropy": sum(ent[-k:]) / k,
+        "wall_time_s": json.loads((run_dir / "summary.json").read_text())["wall_time_s"],
+    }
+
+
+def test_compare_then_plot_through_the_cli(tmp_path):
+    out = tmp_path / "cmp"
+    overrides = ["max_steps=2", "eval_size=16", "eval_samples=2", "save_strategy=no", "train_size=64"]
+    argv = ["compare", *overrides, "--algorithms", "apo-guarded,gspo", "--seeds", "0", "--out", str(out)]
+    assert main(argv) == 0
+    for name in ("curves.png", "alpha.png", "table.md", "table.json", "compare.json"):
+        assert (out / name).is_file(), name
+    table = json.loads((out / "table.json").read_text())
+    assert [r["algorithm"] for r in table["algorithms"]] == ["apo-guarded", "gspo"]
+    for row in table["algorithms"]:
+        (run,) = row["runs"]
+        assert run == f"{row['algorithm']}-seed0"
+        assert (out / run / "config.yaml").is_file()
+        expected = _recomputed(out / run, table["window"], table["threshold"])
+        for key, value in expected.items():
+            assert row[key]["values"] == [value], key
+            assert row[key]["mean"] == value and row[key]["half_width"] is None
+    # both runs start from the same policy and held-out draw
+    assert len({r["reward_before"]["values"][0] for r in table["algorithms"]}) == 1
+
+    # `apo plot` redraws the same table from the saved runs
+    assert main(["plot", str(out), "--out", str(tmp_path / "replot")]) == 0
+    assert (tmp_path / "replot" / "table.md").read_bytes() == (out / "table.md").read_bytes()
+    assert json.loads((tmp_path / "replot" / "table.json").read_text()) == table
+
+    # rerunning skips finished runs and resumes an unfinished one
+    (out / "gspo-seed0" / "summary.json").unlink()
+    assert main(argv) == 0
+    status = {r["run"]: r["status"] for r in json.loads((out / "compare.json").read_text())["runs"]}
+    assert status == {"apo-guarded-seed0": "skipped", "gspo-seed0": "resumed"}
+    assert (out / "gspo-seed0" / "summary.json").is_file()
+
+
+def test_a_changed_setting_does_not_resume_silently(tmp_path):
+    run = tmp_path / "cmp" / "adpo-seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("max_steps: 999\n")
+    argv = ["compare", "max_steps=2", "--algorithms", "adpo", "--seeds", "0", "--out", str(tmp_path / "cmp")]
+    assert main(argv) == 2
