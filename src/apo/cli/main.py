@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # transformers' renaming of gradient_checkpointing -> activation_checkpointing warns on every TRL config; not
+    # actionable for a user of this command.
+    warnings.filterwarnings("ignore", message=r".*(gradient|is_gradient)_checkpointing.*", category=FutureWarning)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from apo.cli.config import ConfigError
 
