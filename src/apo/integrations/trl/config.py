@@ -97,6 +97,12 @@ class APOConfig(GRPOConfig):
             "(entropy of softmax of per-token-mean log-probs over each group) or 'token' (next-token entropy)."
         },
     )
+    # --- fast generation hook (apo.integrations.trl.generation) ---
+    fast_generation: bool = field(
+        default=False,
+        metadata={"help": "Without vLLM on CUDA: static KV cache + torch.compile'd decoding (falls back to TRL's)."},
+    )
+    # --- end of fast generation hook ---
     # GRPOConfig fields whose default depends on `algorithm` (None = the algorithm's value; see the module docstring).
     loss_type: str | None = field(
         default=None, metadata={"help": "TRL loss aggregation for grpo/gspo; None = 'grpo'. Unused by apo/adpo."}

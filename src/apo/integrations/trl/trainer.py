@@ -72,6 +72,7 @@ from apo.core.targets import boltzmann_log_target
 
 from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
 from .config import GROUP_ALGORITHMS, APOConfig
+from .generation import generate_single_turn
 
 TESTED_TRL_VERSION = "1.16.0"
 SCHEDULE_STATE_FILE = "apo_alpha_schedule.json"
@@ -188,6 +189,15 @@ class APOTrainer(GRPOTrainer):
             chunks = split_tensor_dict(batch, self.args.steps_per_generation)
             self._buffered_inputs = [unsplit_pixel_values_by_grid(chunk) for chunk in chunks]
         return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Fast generation hook (args.fast_generation): static KV cache + compiled decoding; see .generation.
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        stock = super()._generate_single_turn
+        return generate_single_turn(
+            self, stock, prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # Loss.
