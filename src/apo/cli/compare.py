@@ -4,7 +4,7 @@ A comparison folder holds one run directory per (preset, seed), named ``<preset>
 :mod:`apo.cli.run` for what a run directory holds), and::
 
     curves.png   mean training reward per step over seeds, with a 95% t-interval (cf. the paper's Figure 1)
-    alpha.png    alpha, ESS / G, confidence c_t and p_theta entropy of the APO presets, token entropy of all
+    alpha.png    alpha, ESS / G, confidence c_t, p_theta entropy and max |u| of APO / ADPO; token entropy of all
     table.md     per preset: held-out reward before / after, best training reward, steps to a threshold,
                  final token entropy, wall time; mean +- 95% half-width over seeds
     table.json   the same numbers, and every per-seed value, machine-readable

@@ -128,12 +128,11 @@ def _is_run(p: Path) -> bool:
 
 
 def run_label(run_dir: Path) -> str:
-    """The preset of a run: its directory name without ``-seed<k>`` when that is a known preset, otherwise derived from
-    its ``config.yaml`` (``apo-<alpha_schedule>`` for APO, else the algorithm)."""
-    from apo.cli.presets import PRESETS
-
+    """The group of a run: its directory name without ``-seed<k>`` (``apo-ess-seed2`` -> ``apo-ess``, as
+    ``apo compare`` names them); for another name, derived from its ``config.yaml``: ``apo-<alpha_schedule>`` for
+    APO, else the algorithm."""
     m = re.fullmatch(r"(.+)-seed\d+", run_dir.name)
-    if m and m.group(1) in PRESETS:
+    if m:
         return m.group(1)
     cfg = {}
     if (run_dir / "config.yaml").is_file():
@@ -306,28 +305,25 @@ def plot_reward_curves(groups: dict[str, list[Path]], out: Path, *, window: int 
 
 
 def plot_alpha_curves(groups: dict[str, list[Path]], out: Path, *, window: int = SMOOTH_WINDOW) -> Path:
-    """``alpha.png``: for the APO presets, alpha used (``apo/alpha``), ESS / G (``apo/ess``), confidence c_t
-    (``apo/confidence``), p_theta entropy / log G (``apo/entropy``) and ``max |u|`` over the batch
-    (``apo/u_abs_max``, ``u = l_theta - l_old``: 0 whenever the loss is evaluated at the rollout parameters);
-    token entropy (``entropy``) of every preset. Mean over seeds with a 95% t-interval band, unsmoothed except the
-    token entropy (``window``-step average)."""
-    from apo.cli.presets import APO_PRESETS
-
+    """``alpha.png``: alpha used (``apo/alpha``), ESS / G (``apo/ess``), confidence c_t (``apo/confidence``),
+    p_theta entropy / log G (``apo/entropy``) and ``max |u|`` over the batch (``apo/u_abs_max``,
+    ``u = l_theta - l_old``: 0 whenever the loss is evaluated at the rollout parameters) of the runs that log them
+    (APO, and ADPO as its alpha = 1 case); token entropy (``entropy``) of every run. Mean over seeds with a 95%
+    t-interval band, unsmoothed except the token entropy (``window``-step average)."""
     plt = _pyplot()
     colors = plt.get_cmap("tab10")
     color_of = {label: colors(i % 10) for i, label in enumerate(groups)}
-    apo = {k: v for k, v in groups.items() if k in APO_PRESETS or k.startswith("apo-")}
-    panels = [
-        ("apo/alpha", "alpha used", apo, 1),
-        ("apo/ess", "ESS / G", apo, 1),
-        ("apo/confidence", "confidence c_t (Eq. 19)", apo, 1),
-        ("apo/entropy", "p_theta entropy / log G", apo, 1),
-        ("apo/u_abs_max", "max |u| = max |l_theta - l_old|", apo, 1),
-        ("entropy", f"token entropy ({window}-step avg.)", groups, window),
+    panels = [  # a group that does not log the metric (grpo, gspo) draws nothing in that panel
+        ("apo/alpha", "alpha used", 1),
+        ("apo/ess", "ESS / G", 1),
+        ("apo/confidence", "confidence c_t (Eq. 19)", 1),
+        ("apo/entropy", "p_theta entropy / log G", 1),
+        ("apo/u_abs_max", "max |u| = max |l_theta - l_old|", 1),
+        ("entropy", f"token entropy ({window}-step avg.)", window),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
-    for ax, (key, title, subset, w) in zip(axes.flat, panels, strict=True):
-        drawn = [_band(ax, runs, key, w, label, color_of[label]) for label, runs in subset.items()]
+    for ax, (key, title, w) in zip(axes.flat, panels, strict=True):
+        drawn = [_band(ax, runs, key, w, label, color_of[label]) for label, runs in groups.items()]
         if not any(drawn):
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         else:

@@ -53,9 +53,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """Preset name -> config overrides."""
 
-APO_PRESETS = ("apo-ess", "apo-fixed", "apo-guarded")
-"""The presets that have an alpha schedule (drawn in ``alpha.png``)."""
-
 
 def preset(name: str) -> dict[str, Any]:
     """A copy of the overrides of preset ``name``.
