@@ -8,15 +8,23 @@ import torch
 import apo
 from apo.core.objectives import adpo_loss, apo_loss
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Float64 for this module's tests only (set at import, it would leak into every other test file)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
 
 # One group of P = 3 with rewards R = (1, 0, 0):
 #   mean = 1/3, population var = ((2/3)^2 + 2 (1/3)^2) / 3 = 2/9, std = sqrt(2)/3
 #   A = (2/3, -1/3, -1/3) / (sqrt(2)/3) = (sqrt 2, -1/sqrt 2, -1/sqrt 2) = (1.41421, -0.70711, -0.70711)
 #   beta_r = 1: exp(A) = (4.11325, 0.49307, 0.49307), sum = 5.09939, q = (0.80662, 0.09669, 0.09669)
-R3 = torch.tensor([[1.0, 0.0, 0.0]])
-Q3 = torch.tensor([[0.806617, 0.096692, 0.096692]])
-UNIFORM3 = torch.full((1, 3), -math.log(3.0))
+R3 = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+Q3 = torch.tensor([[0.806617, 0.096692, 0.096692]], dtype=torch.float64)
+UNIFORM3 = torch.full((1, 3), -math.log(3.0), dtype=torch.float64)
 
 
 def test_boltzmann_target_hand_computed():

@@ -42,6 +42,16 @@ def test_loss_and_gradient_finite_and_nonnegative(case, alpha, dtype):
 
 
 @settings(max_examples=100, deadline=None)
+@given(groups(), alphas, st.sampled_from([(0.5, 2.0), (0.5, float("inf")), (0.0, 1.5)]))
+def test_clipped_loss_and_gradient_finite(case, alpha, clip):
+    rewards, u = case
+    seq = u.requires_grad_(True)
+    loss, _ = apo_loss(seq, torch.zeros_like(seq), rewards, alpha=alpha, tau_anchor=1.0, weight_clip=clip)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(seq.grad).all()
+
+
+@settings(max_examples=100, deadline=None)
 @given(groups(), alphas)
 def test_divergence_is_zero_exactly_when_p_equals_q(case, alpha):
     rewards, u = case
@@ -131,6 +141,8 @@ def test_bad_input_errors_name_the_setting():
             apo_loss(seq, ref, r, alpha=0.5, beta_reward=beta)
     with pytest.raises(ValueError, match="G >= 2"):
         apo_loss(torch.zeros(2, 1), torch.zeros(2, 1), torch.zeros(2, 1), alpha=0.5)
+    with pytest.raises(ValueError, match="reward_eps"):
+        apo_loss(seq, ref, r, alpha=0.5, eps=0.0)
     with pytest.raises(ValueError, match="weight_clip"):
         apo_loss(seq, ref, r, alpha=0.5, weight_clip=(1.5, 2.0))
     with pytest.raises(ValueError, match="non-finite log-probabilities"):

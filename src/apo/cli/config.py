@@ -163,7 +163,7 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
             value = values[key] = "yes" if value else "no"
         if not _type_ok(value, tp):
             raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    values.setdefault("output_dir", default_output_dir(values))
+    values.setdefault("output_dir", default_output_dir(values, None if path is None else Path(path).stem))
     return values
 
 
@@ -180,10 +180,12 @@ def resolve(path: str | Path | None, overrides: dict[str, Any] | None = None):
     return build(resolve_values(path, overrides))
 
 
-def default_output_dir(values: dict[str, Any]) -> str:
+def default_output_dir(values: dict[str, Any], config_name: str | None = None) -> str:
+    """``runs/[<config>-]<algorithm>[-<schedule>]-seed<seed>`` (the config's name keeps bundled configs apart)."""
     alg = values.get("algorithm", "apo")
     sched = f"-{values.get('alpha_schedule', 'fixed')}" if alg == "apo" else ""
-    return f"runs/{alg}{sched}-seed{values.get('seed', 42)}"
+    prefix = f"{config_name}-" if config_name else ""
+    return f"runs/{prefix}{alg}{sched}-seed{values.get('seed', 42)}"
 
 
 def to_dict(cfg, *, only_changed: bool = False) -> dict[str, Any]:

@@ -50,13 +50,17 @@ def cmd_eval(args) -> int:
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)
-    model, tokenizer = load_policy(cfg)
-    ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
+    try:  # the loaders' ValueErrors name the setting (model=, task=, reward=)
+        reward_fn = load_reward_fn(cfg)
+        model, tokenizer = load_policy(cfg)
+        ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
+    except ValueError as e:
+        raise cfglib.ConfigError(str(e)) from None
     result = evaluate(
         model,
         tokenizer,
         ds,
-        load_reward_fn(cfg),
+        reward_fn,
         samples=cfg.eval_samples,
         temperature=cfg.temperature,
         max_new_tokens=cfg.max_completion_length,

@@ -163,7 +163,14 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop metric lines past ``last_step`` (they belong to steps the resumed run will redo)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:  # a line torn by the kill
+            continue
+        if row.get("step", 0) <= last_step:
+            keep.append(ln)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
@@ -237,7 +244,11 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         checkpoint = last_checkpoint(run_dir)
         _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     else:
-        if (run_dir / "metrics.jsonl").exists():
+        leftovers = [
+            p.name for p in (run_dir / "metrics.jsonl", saved_cfg, run_dir / "eval_before.json") if p.exists()
+        ]
+        leftovers += [p.name for p in run_dir.glob("checkpoint-*")]
+        if leftovers:
             raise cfglib.ConfigError(
                 f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
             )

@@ -53,7 +53,13 @@ def _clipped_surrogate(log_q_BG: Tensor, log_p_BG: Tensor, alpha: float, weight_
         if alpha == 0.0:
             coef = p * d
         else:
-            coef = p * torch.expm1(alpha * d).clamp(weight_clip[0] - 1.0, weight_clip[1] - 1.0) / alpha
+            # p * (clip(r^a) - 1) in log space: exp(log p + clamp(a d, log w_min, log w_max)) - p. A one-sided clip
+            # (w_max = inf) with r^a overflowing and p underflowing would otherwise give inf * 0 = NaN.
+            lo = math.log(weight_clip[0]) if weight_clip[0] > 0 else -math.inf
+            log_w = (alpha * d).clamp(lo, math.log(weight_clip[1]))
+            coef = torch.expm1(log_w) * p
+            big = log_w.abs() > 1.0  # away from w = 1 there is no cancellation: take the product in log space
+            coef = torch.where(big, torch.exp(log_p_BG + log_w) - p, coef) / alpha
     return -(coef * log_p_BG).sum(-1)
 
 

@@ -30,12 +30,12 @@ def group_advantages(rewards_BG: Tensor, eps: float = 1e-6, *, unbiased: bool = 
     Returns:
         ``[B, G]`` advantages, same dtype.
     Raises:
-        ValueError: non-finite rewards, ``G < 2``, ``eps < 0``.
+        ValueError: non-finite rewards, ``G < 2``, ``eps <= 0``.
     """
     if rewards_BG.dim() != 2 or rewards_BG.shape[1] < 2:
         raise ValueError(f"rewards must be [B, G] with G >= 2, got shape {tuple(rewards_BG.shape)}")
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not eps > 0:
+        raise ValueError(f"eps (setting `reward_eps`) must be > 0: a group of equal rewards divides by it, got {eps}")
     check_finite("rewards", rewards_BG)
     mean_B1 = rewards_BG.mean(-1, keepdim=True)
     std_B1 = rewards_BG.std(-1, keepdim=True, correction=1 if unbiased else 0)

@@ -180,8 +180,10 @@ class APOConfig(GRPOConfig):
         for name in ("tau_anchor", "beta_reward", "reward_scale"):
             if not float(getattr(self, name)) > 0.0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not float(self.reward_eps) >= 0.0:
-            raise ValueError(f"reward_eps must be >= 0, got {self.reward_eps!r}")
+        if not float(self.reward_eps) > 0.0:
+            raise ValueError(
+                f"reward_eps must be > 0 (Eq. 4's epsilon; 0 makes equal-reward groups NaN), got {self.reward_eps!r}"
+            )
         for name in ("alpha_ema", "baseline_ema", "ess_target"):
             if not 0.0 < float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
