@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from apo.core.schedules import schedule_params
+
 logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("apo", "adpo", "gspo", "grpo")
@@ -151,17 +153,16 @@ class APOConfig(GRPOConfig):
 
     def schedule_params(self) -> dict:
         """Keyword arguments of :func:`apo.make_alpha_schedule` for ``alpha_schedule``."""
-        if self.alpha_schedule == "fixed":
-            return {"alpha": self.alpha}
-        if self.alpha_schedule == "guarded":
-            return {
-                "alpha_min": self.alpha_min,
-                "alpha_max": self.alpha_max,
-                "rho": self.alpha_ema,
-                "lam": self.baseline_ema,
-                "reward_scale": self.reward_scale,
-            }
-        return {"alpha_min": self.alpha_min, "alpha_max": self.alpha_max, "target_fraction": self.ess_target}
+        return schedule_params(
+            self.alpha_schedule,
+            alpha=self.alpha,
+            alpha_min=self.alpha_min,
+            alpha_max=self.alpha_max,
+            alpha_ema=self.alpha_ema,
+            baseline_ema=self.baseline_ema,
+            reward_scale=self.reward_scale,
+            ess_target=self.ess_target,
+        )
 
     def _check_apo_fields(self) -> None:
         def choice(name, valid):

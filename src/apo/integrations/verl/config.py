@@ -24,6 +24,7 @@ from verl.workers.config import PolicyLossConfig
 from apo.core import make_alpha_schedule
 from apo.core.divergence import check_alpha
 from apo.core.objectives import check_weight_clip
+from apo.core.schedules import schedule_params
 from apo.core.scores import SCORE_MODES
 from apo.core.targets import check_positive
 
@@ -85,19 +86,16 @@ class APOPolicyLossConfig(PolicyLossConfig):
 
     def schedule_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`apo.core.make_alpha_schedule` for ``alpha_schedule``."""
-        if self.alpha_schedule == "fixed":
-            return {"alpha": self.alpha}
-        if self.alpha_schedule == "guarded":
-            return {
-                "alpha_min": self.alpha_min,
-                "alpha_max": self.alpha_max,
-                "rho": self.alpha_ema,
-                "lam": self.baseline_ema,
-                "reward_scale": self.reward_scale,
-            }
-        if self.alpha_schedule == "ess":
-            return {"alpha_min": self.alpha_min, "alpha_max": self.alpha_max, "target_fraction": self.ess_target}
-        return {}  # make_alpha_schedule raises, listing the valid names
+        return schedule_params(
+            self.alpha_schedule,
+            alpha=self.alpha,
+            alpha_min=self.alpha_min,
+            alpha_max=self.alpha_max,
+            alpha_ema=self.alpha_ema,
+            baseline_ema=self.baseline_ema,
+            reward_scale=self.reward_scale,
+            ess_target=self.ess_target,
+        )
 
     def make_schedule(self):
         return make_alpha_schedule(self.alpha_schedule, **self.schedule_params())
