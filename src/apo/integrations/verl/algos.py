@@ -102,6 +102,18 @@ def schedule_for(settings: APOPolicyLossConfig):
     return _SCHEDULES[key]
 
 
+def _advantages(settings, rewards_BG: Tensor, alpha: float) -> Tensor:
+    """``[B, G]`` on-policy APO advantages (:func:`apo.on_policy_advantages`) with the configured settings."""
+    return on_policy_advantages(
+        rewards_BG,
+        alpha=alpha,
+        tau_anchor=settings.tau_anchor,
+        beta_reward=settings.beta_reward,
+        eps=settings.eps,
+        weight_clip=settings.weight_clip_tuple(),
+    )
+
+
 def step_alpha(settings: APOPolicyLossConfig, rewards_BG: Tensor) -> float:
     """Advance the schedule once with this rollout's groups at ``u = 0`` (``p`` uniform) and return alpha_t."""
     schedule = schedule_for(settings)
@@ -168,14 +180,7 @@ def compute_apo_advantage(
     groups = make_groups(group_codes(index), None, hint="(verl groups rows by non_tensor_batch['uid'])")
     rewards_BG = groups.gather(_sequence_rewards(token_level_rewards))
     alpha = step_alpha(settings, rewards_BG)
-    adv_BG = on_policy_advantages(
-        rewards_BG,
-        alpha=alpha,
-        tau_anchor=settings.tau_anchor,
-        beta_reward=settings.beta_reward,
-        eps=settings.eps,
-        weight_clip=settings.weight_clip_tuple(),
-    )
+    adv_BG = _advantages(settings, rewards_BG, alpha)
     adv_NT = groups.scatter(adv_BG).to(token_level_rewards.dtype).unsqueeze(-1) * response_mask
     return adv_NT, adv_NT
 
@@ -231,14 +236,7 @@ def compute_apo_group_payload(
     rewards_N = _sequence_rewards(token_level_rewards)
     rewards_BG = groups.gather(rewards_N)
     alpha = step_alpha(settings, rewards_BG)
-    adv_BG = on_policy_advantages(
-        rewards_BG,
-        alpha=alpha,
-        tau_anchor=settings.tau_anchor,
-        beta_reward=settings.beta_reward,
-        eps=settings.eps,
-        weight_clip=settings.weight_clip_tuple(),
-    )
+    adv_BG = _advantages(settings, rewards_BG, alpha)
     adv_NT = groups.scatter(adv_BG).to(torch.float32).unsqueeze(-1) * response_mask
     adv_NT = payload.encode(adv_NT, G, codes_N, rows_N, rewards_N, alpha)
     return adv_NT, adv_NT
