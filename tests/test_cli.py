@@ -56,6 +56,7 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
         ("num_generations=1", "num_generations must be >= 2"),
         ("per_device_train_batch_size=12", "per_device_train_batch_size (12) must be a multiple of num_generations"),
         ("algorithm=ppo", "unknown algorithm 'ppo'"),
+        ("mask_truncated_completions=true", "does not support mask_truncated_completions=True"),
         ("reward=nothing", "reward='nothing': unknown name"),
         ("model=/no/such/folder", "model='/no/such/folder'"),
         ("task=arith:%", "ArithmeticTask.ops=('%',): each op must be one of"),

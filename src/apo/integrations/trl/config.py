@@ -232,6 +232,15 @@ class APOConfig(GRPOConfig):
                 self.multi_objective_aggregation != "sum_then_normalize",
                 "APO's target is built from the weighted reward sum: use 'sum_then_normalize'",
             ),
+            "mask_truncated_completions": (
+                self.mask_truncated_completions,
+                "a masked completion keeps u = 0 but stays in the candidate set and the target; it is not dropped: "
+                "set mask_truncated_completions=False",
+            ),
+            "load_best_model_at_end": (
+                self.load_best_model_at_end,
+                "checkpoints are staged and renamed, which best-checkpoint tracking does not follow: set it False",
+            ),
             "scale_rewards": (
                 self.scale_rewards not in ("group", True),
                 "APO standardises rewards within each group (Eq. 4): use scale_rewards='group'",
