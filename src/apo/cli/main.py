@@ -44,18 +44,13 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
-    from apo.cli.run import evaluate, load_data, load_policy, load_reward_fn
+    from apo.cli.run import evaluate, load_inputs
 
     values = _values(args.items)
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)
-    try:  # the loaders' ValueErrors name the setting (model=, task=, reward=)
-        reward_fn = load_reward_fn(cfg)
-        model, tokenizer = load_policy(cfg)
-        ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
-    except ValueError as e:
-        raise cfglib.ConfigError(str(e)) from None
+    reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
     result = evaluate(
         model,
         tokenizer,

@@ -78,6 +78,19 @@ def load_reward_fn(cfg):
     return safe_reward(fn, timeout_s=cfg.reward_timeout)
 
 
+def load_inputs(cfg, split: str):
+    """``(reward_fn, model, tokenizer, dataset)`` of a config for ``split`` (``train``: ``train_size`` prompts drawn
+    with ``seed``; ``eval``: ``eval_size`` held-out prompts drawn with ``eval_seed``). The loaders' ``ValueError``s
+    name the setting (``model=``, ``task=``, ``reward=``) and are raised as ``ConfigError``s, before anything runs."""
+    n, seed = (cfg.train_size, cfg.seed) if split == "train" else (cfg.eval_size, cfg.eval_seed)
+    try:
+        reward_fn = load_reward_fn(cfg)
+        model, tokenizer = load_policy(cfg)
+        return reward_fn, model, tokenizer, load_data(cfg, tokenizer, split, n, seed)
+    except ValueError as e:
+        raise cfglib.ConfigError(str(e)) from None
+
+
 def evaluate(
     model,
     tokenizer,
@@ -258,12 +271,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    try:  # the loaders' ValueErrors name the setting (model=, task=, reward=): report them as config errors
-        reward_fn = load_reward_fn(cfg)
-        model, tokenizer = load_policy(cfg)
-        train_ds = load_data(cfg, tokenizer, "train", cfg.train_size, cfg.seed)
-    except ValueError as e:
-        raise cfglib.ConfigError(str(e)) from None
+    reward_fn, model, tokenizer, train_ds = load_inputs(cfg, "train")
     eval_kw = dict(
         samples=cfg.eval_samples,
         temperature=cfg.temperature,
