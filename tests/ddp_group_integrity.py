@@ -2,7 +2,7 @@
 
 Trains APO for 4 optimizer steps with mini-batches, 2 epochs per rollout and gradient accumulation, and asserts at
 every loss call, on every process: whole groups of one prompt each, no group id present on two processes, old
-log-probs present, and the same alpha on every process. Prints ``RANK <r> OK <json>`` at the end.
+log-probs present, and the same alpha on every process. Writes ``rank<r>.json`` into ``$APO_TEST_RESULTS`` at the end.
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def main() -> None:
         "u_abs_max": [h["apo/u_abs_max"] for h in logs],
     }
     assert trainer.checked == 8, trainer.checked
-    print(f"RANK {trainer.accelerator.process_index} OK {json.dumps(result)}", flush=True)
+    # Each rank writes its own file: two processes printing to one pipe can interleave their lines.
+    rank = trainer.accelerator.process_index
+    with open(os.path.join(os.environ["APO_TEST_RESULTS"], f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    print(f"RANK {rank} OK", flush=True)
 
 
 if __name__ == "__main__":

@@ -30,16 +30,20 @@ def test_two_processes_keep_groups_whole_and_agree_on_alpha(tmp_path):
         str(free_port()),
         SCRIPT,
     ]
-    env = {**os.environ, "APO_TEST_OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    env = {
+        **os.environ,
+        "APO_TEST_OUT": str(tmp_path / "out"),
+        "APO_TEST_RESULTS": str(results_dir),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
-    results = {}
-    for line in output.splitlines():
-        if line.startswith("RANK ") and " OK " in line:
-            rank, payload = line.split(" OK ", 1)
-            results[int(rank.split()[1])] = json.loads(payload)
-    assert sorted(results) == [0, 1], output[-4000:]
+    files = sorted(results_dir.glob("rank*.json"))
+    assert [f.name for f in files] == ["rank0.json", "rank1.json"], output[-4000:]
+    results = {int(f.stem[4:]): json.loads(f.read_text()) for f in files}
     assert results[0] == results[1]  # same alpha and metrics on both processes
     assert results[0]["checked"] == 8
     assert len(set(results[0]["alphas"])) > 1  # the guarded schedule moved
