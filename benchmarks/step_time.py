@@ -41,8 +41,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from apo.tasks.tiny import char_tokenizer  # noqa: E402
+
 CHARS = " 0123456789+-*=ab"
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 VARIANTS = ("stock", "grpo", "grpo-fast", "apo", "apo-fast")
 
 # Published sizes of the real architectures (config.json of HuggingFaceTB/SmolLM2-135M and Qwen/Qwen3-1.7B).
@@ -66,20 +67,7 @@ SHAPES = {
 
 def build_tokenizer(vocab_size: int | None):
     """Character-level tokenizer (``<bos>`` prepended), padded with ``<tN>`` filler tokens to ``vocab_size``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    tokens = SPECIALS + list(CHARS)
-    if vocab_size is not None:
-        tokens += [f"<t{i}>" for i in range(len(tokens), vocab_size)]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
+    return char_tokenizer(CHARS, vocab_size)
 
 
 def build_model(shape: str, tokenizer, device: torch.device, dtype: torch.dtype):

@@ -11,29 +11,18 @@ import os
 import pytest
 import torch
 
+from apo.tasks.tiny import char_tokenizer
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 CHARS = " 0123456789+-*=ab"
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
 def build_char_tokenizer():
     """One token per character of ``CHARS`` plus ``<pad> <bos> <eos> <unk>``; encoding prepends ``<bos>``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + list(CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
-    )
+    return char_tokenizer(CHARS)
 
 
 def build_tiny_llama(tokenizer, seed: int = 0, init_std: float = 0.02):

@@ -38,18 +38,20 @@ FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
 
 
-def build_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` (19 tokens) for arithmetic strings.
+def char_tokenizer(chars: str = CHARS, vocab_size: int | None = None, **kwargs):
+    """A ``PreTrainedTokenizerFast`` with one token per character of ``chars`` after ``<pad> <bos> <eos> <unk>``.
 
-    ``tok("37+58=")["input_ids"]`` is ``[bos, '3', '7', '+', '5', '8', '=']``;
-    ``tok.decode(ids, skip_special_tokens=True)`` gives the characters back.
-    Characters outside the vocabulary map to ``<unk>``. No chat template.
+    Encoding prepends ``<bos>``; characters outside ``chars`` map to ``<unk>``; no chat template. ``vocab_size``
+    pads the vocabulary with ``<tN>`` filler tokens (for benchmarks with a real model's vocabulary size);
+    ``kwargs`` go to ``PreTrainedTokenizerFast`` (``padding_side``, ``model_max_length``).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = list(SPECIAL_TOKENS.values())
-    vocab = {t: i for i, t in enumerate(specials + list(CHARS))}
+    tokens = list(SPECIAL_TOKENS.values()) + list(chars)
+    if vocab_size is not None:
+        tokens += [f"<t{i}>" for i in range(len(tokens), vocab_size)]
+    vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -63,9 +65,17 @@ def build_tokenizer():
         bos_token=bos,
         eos_token=SPECIAL_TOKENS["eos"],
         unk_token=SPECIAL_TOKENS["unk"],
-        padding_side="left",
-        model_max_length=128,
+        **kwargs,
     )
+
+
+def build_tokenizer():
+    """The tiny model's tokenizer: :func:`char_tokenizer` over ``CHARS`` (19 tokens), left padding.
+
+    ``tok("37+58=")["input_ids"]`` is ``[bos, '3', '7', '+', '5', '8', '=']``;
+    ``tok.decode(ids, skip_special_tokens=True)`` gives the characters back.
+    """
+    return char_tokenizer(CHARS, padding_side="left", model_max_length=128)
 
 
 def build_model(tokenizer, seed: int = 0):
