@@ -143,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse stops filling a positional list at the first option, so `apo compare CONFIG --seeds 0 key=value`
+    # would leave `key=value` unrecognised: overrides may come before, between or after the options.
+    args, extra = parser.parse_known_args(argv)
+    options = [a for a in extra if a.startswith("-")]
+    if options or (extra and not hasattr(args, "items")):
+        parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+    if extra:
+        args.items = [*args.items, *extra]
     # transformers' renaming of gradient_checkpointing -> activation_checkpointing warns on every TRL config; not
     # actionable for a user of this command.
     warnings.filterwarnings("ignore", message=r".*(gradient|is_gradient)_checkpointing.*", category=FutureWarning)
