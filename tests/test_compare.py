@@ -11,6 +11,7 @@ import pytest
 from apo.cli import plots
 from apo.cli.config import build, resolve_values
 from apo.cli.main import main
+from apo.cli.compare import plan_workers
 from apo.cli.presets import PRESETS, preset
 
 
@@ -161,3 +162,65 @@ def test_a_changed_setting_does_not_resume_silently(tmp_path):
     (run / "config.yaml").write_text("max_steps: 999\n")
     argv = ["compare", "max_steps=2", "--algorithms", "adpo", "--seeds", "0", "--out", str(tmp_path / "cmp")]
     assert main(argv) == 2
+    # checked before any run starts, in its own process or not
+    assert main([*argv, "--jobs", "2"]) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_worker_slots():
+    assert plan_workers(None, None, on_gpu=False, gpu_count=0) == [None]
+    assert plan_workers(3, None, on_gpu=False, gpu_count=0) == [None, None, None]
+    assert plan_workers(None, None, on_gpu=True, gpu_count=1) == [None]  # one GPU: in this process
+    assert plan_workers(None, None, on_gpu=True, gpu_count=4) == ["0", "1", "2", "3"]  # one run per GPU
+    assert plan_workers(None, None, on_gpu=False, gpu_count=4) == [None]  # use_cpu: GPUs are not used
+    assert plan_workers(None, ["2", "5"], on_gpu=True, gpu_count=8) == ["2", "5"]
+    assert plan_workers(2, ["2", "5"], on_gpu=True, gpu_count=8) == ["2", "5"]
+    with pytest.raises(ValueError, match="--jobs 3 with 2 devices"):
+        plan_workers(3, ["2", "5"], on_gpu=True, gpu_count=8)
+    with pytest.raises(ValueError, match="--jobs 2 with 4 devices"):
+        plan_workers(2, None, on_gpu=True, gpu_count=4)
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        plan_workers(0, None, on_gpu=False, gpu_count=0)
+
+
+def _training_rows(run_dir):
+    keep = ("step", "reward", "loss", "apo/alpha", "entropy", "grad_norm")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in keep if k in r} for r in rows]
+
+
+def test_runs_in_their_own_processes_match_runs_in_one(tmp_path):
+    overrides = ["max_steps=2", "eval_size=16", "eval_samples=2", "save_strategy=no", "train_size=64"]
+    common = [*overrides, "--algorithms", "apo-ess,grpo", "--seeds", "0"]
+    assert main(["compare", *common, "--out", str(tmp_path / "one")]) == 0
+    # CPU config: the device only sets CUDA_VISIBLE_DEVICES of each run's process
+    assert main(["compare", *common, "--jobs", "2", "--devices", "3,7", "--out", str(tmp_path / "two")]) == 0
+    log = json.loads((tmp_path / "two" / "compare.json").read_text())
+    assert log["workers"] == 2
+    assert {r["run"]: (r["status"], r["device"]) for r in log["runs"]} == {
+        "apo-ess-seed0": ("trained", "3"),
+        "grpo-seed0": ("trained", "7"),
+    }
+    for run in ("apo-ess-seed0", "grpo-seed0"):
+        text = (tmp_path / "two" / f"{run}.log").read_text()
+        device = "3" if run.startswith("apo") else "7"
+        assert f"CUDA_VISIBLE_DEVICES={device}\n" in text
+        rows = _training_rows(tmp_path / "two" / run)
+        assert len(rows) == 2 and rows == _training_rows(tmp_path / "one" / run)
+        for name in ("eval_before.json", "eval_after.json"):
+            assert (tmp_path / "two" / run / name).read_text() == (tmp_path / "one" / run / name).read_text()
+    table = json.loads((tmp_path / "two" / "table.json").read_text())
+    assert [r["algorithm"] for r in table["algorithms"]] == ["apo-ess", "grpo"]
+
+
+def test_a_failed_run_process_is_reported_with_its_log(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    # valid as a setting, fails when the run loads its reward
+    argv = ["compare", "max_steps=2", "reward=no_such_module:score", "--algorithms", "adpo", "--seeds", "0,1"]
+    assert main([*argv, "--jobs", "2", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 2 runs failed: adpo-seed0 (exit 1, see" in err and "adpo-seed0.log" in err
+    assert "no_such_module" in (out / "adpo-seed0.log").read_text()
+    status = [r["status"] for r in json.loads((out / "compare.json").read_text())["runs"]]
+    assert status == ["failed", "failed"]
+    assert not (out / "table.md").exists()

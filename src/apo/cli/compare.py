@@ -8,7 +8,8 @@ A comparison folder holds one run directory per (preset, seed), named ``<preset>
     table.md     per preset: held-out reward before / after, best training reward, steps to a threshold,
                  final token entropy, wall time; mean +- 95% half-width over seeds
     table.json   the same numbers, and every per-seed value, machine-readable
-    compare.json the runs of the last `apo compare` call and its wall time
+    compare.json the runs of the last `apo compare` call, the device of each, and the call's wall time
+    <run>.log    stdout and stderr of a run trained in its own process (``jobs > 1``)
 
 The figures and tables are drawn by :mod:`apo.cli.plots` from saved files only, so ``apo plot`` redraws them without
 training.
@@ -18,11 +19,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from apo.cli import config as cfglib
 from apo.cli.presets import preset
+from apo.cli.run import saved_config_diff
 
 logger = logging.getLogger("apo")
 
@@ -37,15 +43,48 @@ def default_out_dir(config_path: str | Path | None) -> Path:
     return Path("runs") / f"compare-{Path(config_path).stem if config_path else 'default'}"
 
 
+class CompareError(RuntimeError):
+    """A run of a comparison failed; the message names the runs and their log files."""
+
+
+def plan_workers(jobs: int | None, devices: list[str] | None, on_gpu: bool, gpu_count: int) -> list[str | None]:
+    """The device of each worker slot: ``len(result)`` runs go at once, each slot's runs see only its device
+    (``CUDA_VISIBLE_DEVICES``); ``None`` leaves the environment as it is.
+
+    - ``devices`` given: one slot per device (``jobs``, if given, must equal ``len(devices)``);
+    - else on a GPU config with ``gpu_count > 1``: one slot per visible GPU, ``"0"`` .. ``str(gpu_count - 1)``
+      (``jobs`` must be ``None`` or ``gpu_count``);
+    - else ``jobs`` slots (default 1) without a device: runs in parallel processes on the CPU (or sharing one GPU).
+
+    Raises:
+        ConfigError: ``jobs < 1``, or ``jobs`` different from the number of devices.
+    """
+    if jobs is not None and jobs < 1:
+        raise cfglib.ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if not devices and on_gpu and gpu_count > 1:
+        devices = [str(i) for i in range(gpu_count)]
+    if devices:
+        if jobs is not None and jobs != len(devices):
+            raise cfglib.ConfigError(
+                f"--jobs {jobs} with {len(devices)} devices ({','.join(devices)}): one run per device at a time; "
+                "drop --jobs or pass --devices with one entry per job"
+            )
+        return list(devices)
+    return [None] * (jobs or 1)
+
+
 def compare(
     config_path: str | Path | None,
     algorithms: list[str],
     seeds: list[int],
     overrides: list[str],
     out_dir: str | Path | None = None,
+    *,
+    jobs: int | None = None,
+    devices: list[str] | None = None,
 ) -> Path:
-    """Train every preset in ``algorithms`` with every seed in ``seeds``, one run after another, then draw the
-    comparison (:func:`plot_comparison`); returns the comparison folder.
+    """Train every preset in ``algorithms`` with every seed in ``seeds``, then draw the comparison
+    (:func:`plot_comparison`); returns the comparison folder.
 
     Settings of one run, lowest to highest precedence: the config file (``None``: the embedded default), the preset
     (:data:`apo.cli.presets.PRESETS`), the ``key=value`` ``overrides``, then ``seed=k`` and
@@ -55,12 +94,19 @@ def compare(
 
     Every setting is validated before the first run starts. A run whose ``summary.json`` exists is finished and is
     skipped; a run directory without it (a killed comparison) is resumed from its last checkpoint, so rerunning the
-    same command completes a comparison. Runs go one after another in this process: one process per GPU where several
-    exist is not implemented.
+    same command completes a comparison.
+
+    Where runs go (:func:`plan_workers`): with one worker slot (the default on a CPU or a single GPU), one after
+    another in this process, in plan order (preset-major). With several slots (``jobs``, ``devices``, or a GPU
+    config on a machine with several GPUs), each run is its own process (``python -m apo.cli.compare``), at most one
+    per slot, with ``CUDA_VISIBLE_DEVICES`` set to the slot's device, and its output in ``<out>/<run>.log``. After a
+    failed run no new run starts; the running ones finish, the figures are not drawn, and :class:`CompareError`
+    names the failed runs and their logs.
 
     Raises:
-        ConfigError: an unknown preset (listing the valid ones), an invalid override, or a resumed run whose saved
-            config differs from the one requested.
+        ConfigError: an unknown preset (listing the valid ones), an invalid override or ``jobs`` / ``devices``, or a
+            resumed run whose saved config differs from the one requested.
+        CompareError: a run failed in its own process.
     """
     if not algorithms or not seeds:
         raise cfglib.ConfigError("apo compare needs at least one algorithm (--algorithms) and one seed (--seeds)")
@@ -73,28 +119,137 @@ def compare(
             run_dir = out / run_name(name, seed)
             values = cfglib.resolve_values(config_path, {**base, **user, "seed": seed, "output_dir": str(run_dir)})
             cfglib.build(values)  # the config's own checks, before anything is trained
+            if (run_dir / "config.yaml").exists() and not _is_finished(run_dir):
+                diff = saved_config_diff(run_dir, values)
+                if diff:
+                    raise cfglib.ConfigError(
+                        f"{run_dir} holds an unfinished run whose config differs in {diff}: rerun with the same "
+                        "settings, or pass --out <new folder>"
+                    )
             plan.append((run_dir, values))
+    on_gpu = not plan[0][1].get("use_cpu", False)
+    gpu_count = 0
+    if on_gpu and devices is None and jobs in (None, 1):
+        import torch
+
+        gpu_count = torch.cuda.device_count()
+    slots = plan_workers(jobs, devices, on_gpu, gpu_count)
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    log = {"config": str(config_path) if config_path else None, "overrides": list(overrides), "runs": []}
-    from apo.cli.run import train
+    log: dict[str, Any] = {"config": str(config_path) if config_path else None, "overrides": list(overrides)}
+    log["workers"] = len(slots)
+    if len(slots) == 1 and slots[0] is None:
+        log["runs"] = _run_in_process(plan)
+    else:
+        log["runs"] = _run_in_workers(plan, slots, out)
+    log["wall_time_s"] = time.time() - t0
+    (out / "compare.json").write_text(json.dumps(log, indent=2) + "\n")
+    failed = [r for r in log["runs"] if r["status"] == "failed"]
+    if failed:
+        raise CompareError(
+            f"{len(failed)} of {len(plan)} runs failed: "
+            + "; ".join(f"{r['run']} (exit {r['returncode']}, see {r['log']})" for r in failed)
+            + ". Fix the cause and rerun the same command: finished runs are skipped, the others resumed"
+        )
+    return plot_comparison([run_dir for run_dir, _ in plan], out_dir=out)
 
+
+def _is_finished(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").exists()
+
+
+def _run_in_process(plan: list[tuple[Path, dict]]) -> list[dict]:
+    from apo.cli.run import train  # noqa: PLC0415 - torch and trl load only when something trains
+
+    runs = []
     for i, (run_dir, values) in enumerate(plan, 1):
-        if (run_dir / "summary.json").exists():
+        if _is_finished(run_dir):
             logger.info("[%d/%d] %s: finished earlier, skipped", i, len(plan), run_dir)
-            log["runs"].append({"run": run_dir.name, "status": "skipped"})
+            runs.append({"run": run_dir.name, "status": "skipped"})
             continue
         resume = (run_dir / "config.yaml").exists()
         logger.info("[%d/%d] %s: %s", i, len(plan), run_dir, "resuming" if resume else "training")
         t_run = time.time()
         train(values, resume=resume)
-        log["runs"].append(
+        runs.append(
             {"run": run_dir.name, "status": "resumed" if resume else "trained", "wall_time_s": time.time() - t_run}
         )
-    log["wall_time_s"] = time.time() - t0
-    (out / "compare.json").write_text(json.dumps(log, indent=2) + "\n")
-    return plot_comparison([run_dir for run_dir, _ in plan], out_dir=out)
+    return runs
+
+
+def _run_in_workers(plan: list[tuple[Path, dict]], slots: list[str | None], out: Path) -> list[dict]:
+    """Run ``plan`` in child processes, at most one per slot; returns one record per run, in plan order."""
+    records: dict[str, dict] = {}
+    todo = []
+    for run_dir, values in plan:
+        if _is_finished(run_dir):
+            records[run_dir.name] = {"run": run_dir.name, "status": "skipped"}
+        else:
+            todo.append((run_dir, values))
+    free = list(range(len(slots)))
+    running: dict[int, tuple[subprocess.Popen, Path, dict, float, Any]] = {}
+    try:
+        _schedule(todo, running, free, slots, out, records)
+    finally:  # an interrupted comparison does not leave training processes behind
+        for proc, *_ in running.values():
+            proc.terminate()
+    for run_dir, _ in todo:  # not started after a failure
+        records[run_dir.name] = {"run": run_dir.name, "status": "not started"}
+    return [records[run_dir.name] for run_dir, _ in plan]
+
+
+def _schedule(todo, running, free, slots, out, records) -> None:
+    """Start runs from ``todo`` on free slots and collect finished ones into ``records`` until none is left or
+    running (no new start after a failure)."""
+    stop = False
+    while todo or running:
+        while todo and free and not stop:
+            run_dir, values = todo.pop(0)
+            slot = free.pop(0)
+            resume = (run_dir / "config.yaml").exists()
+            spec = out / f".{run_dir.name}.json"
+            spec.write_text(json.dumps({"values": values, "resume": resume}))
+            env = dict(os.environ)
+            if slots[slot] is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slots[slot]
+            log_path = out / f"{run_dir.name}.log"
+            log_file = open(log_path, "a")  # noqa: SIM115 - closed when the process ends
+            cmd = [sys.executable, "-m", "apo.cli.compare", str(spec)]
+            proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            logger.info(
+                "%s: %s in process %d (device %s), log %s",
+                run_dir,
+                "resuming" if resume else "training",
+                proc.pid,
+                slots[slot] if slots[slot] is not None else "-",
+                log_path,
+            )
+            running[slot] = (proc, run_dir, {"resume": resume, "log": str(log_path)}, time.time(), log_file)
+        if not running:
+            break
+        time.sleep(0.2)
+        for slot, (proc, run_dir, info, t_run, log_file) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log_file.close()
+            del running[slot]
+            free.append(slot)
+            rec = {
+                "run": run_dir.name,
+                "device": slots[slot],
+                "log": info["log"],
+                "wall_time_s": time.time() - t_run,
+            }
+            if proc.returncode == 0:
+                rec["status"] = "resumed" if info["resume"] else "trained"
+                (out / f".{run_dir.name}.json").unlink(missing_ok=True)
+                logger.info("%s: done in %.0f s", run_dir, rec["wall_time_s"])
+            else:
+                rec.update(status="failed", returncode=proc.returncode)
+                stop = True
+                logger.error("%s failed (exit %d), see %s", run_dir, proc.returncode, info["log"])
+            records[run_dir.name] = rec
 
 
 def plot_comparison(run_dirs: list[Path], out_dir: str | Path | None = None, **kw) -> Path:
@@ -104,3 +259,20 @@ def plot_comparison(run_dirs: list[Path], out_dir: str | Path | None = None, **k
     from apo.cli.plots import write_comparison
 
     return write_comparison(run_dirs, out_dir, **kw)
+
+
+def _worker(spec_path: str) -> int:
+    """Child process of :func:`compare`: train the one run described in the JSON file ``spec_path``."""
+    spec = json.loads(Path(spec_path).read_text())
+    from apo.cli.main import setup
+
+    setup()
+    logger.info("CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    from apo.cli.run import train
+
+    train(spec["values"], resume=spec["resume"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))

@@ -3,7 +3,7 @@
     apo train [CONFIG] [key=value ...] [--resume]
     apo eval [CONFIG] [key=value ...] [--policy PATH]
     apo config [CONFIG] [key=value ...] [--all]
-    apo compare CONFIG --algorithms apo-ess,apo-fixed,... --seeds 0,1,2 [key=value ...]
+    apo compare CONFIG --algorithms apo-ess,apo-fixed,... --seeds 0,1,2 [--jobs N] [--devices 0,1] [key=value ...]
     apo plot RUN_DIR [RUN_DIR ...]
 
 CONFIG is a YAML file or the name of a bundled config (``apo/configs/*.yaml``); without it, the embedded default
@@ -101,6 +101,8 @@ def cmd_compare(args) -> int:
         [int(s) for s in args.seeds.split(",") if s],
         pairs,
         out_dir=args.out,
+        jobs=args.jobs,
+        devices=[d for d in args.devices.split(",") if d] if args.devices else None,
     )
     print(f"comparison written to {out}")
     return 0
@@ -134,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--algorithms", default="apo-ess,apo-fixed,apo-guarded,gspo,adpo,grpo")
     m.add_argument("--seeds", default="0,1,2")
     m.add_argument("--out", default=None, help="output folder (default: runs/compare-<config>)")
+    m.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs at once, each in its own process (default: one per GPU on a machine with several, else 1)",
+    )
+    m.add_argument(
+        "--devices",
+        default=None,
+        help="GPU ids, one run at a time on each (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3 (default: all visible GPUs)",
+    )
     m.set_defaults(fn=cmd_compare)
     pl = sub.add_parser("plot", help="redraw comparison figures and table from saved run directories")
     pl.add_argument("run_dirs", nargs="+")
@@ -152,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
     if extra:
         args.items = [*args.items, *extra]
-    # transformers' renaming of gradient_checkpointing -> activation_checkpointing warns on every TRL config; not
-    # actionable for a user of this command.
-    warnings.filterwarnings("ignore", message=r".*(gradient|is_gradient)_checkpointing.*", category=FutureWarning)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup()
+    from apo.cli.compare import CompareError
     from apo.cli.config import ConfigError
 
     try:
@@ -163,6 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"apo: error: {e}", file=sys.stderr)
         return 2
+    except CompareError as e:
+        print(f"apo: error: {e}", file=sys.stderr)
+        return 1
+
+
+def setup() -> None:
+    """Logging and warnings of an ``apo`` process (the command, and each run process of ``apo compare``)."""
+    # transformers' renaming of gradient_checkpointing -> activation_checkpointing warns on every TRL config; not
+    # actionable for a user of this command.
+    warnings.filterwarnings("ignore", message=r".*(gradient|is_gradient)_checkpointing.*", category=FutureWarning)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 if __name__ == "__main__":

@@ -233,6 +233,13 @@ def _callbacks(run_dir: Path, max_steps: int):
     return [MetricsJsonl(), Progress()]
 
 
+def saved_config_diff(run_dir: Path, values: dict[str, Any]) -> list[str]:
+    """The sorted keys whose value in ``run_dir/config.yaml`` differs from ``values`` (a key missing on one side
+    counts as ``None``)."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
+
+
 def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     """Run ``apo train`` for validated config ``values`` (:func:`apo.cli.config.resolve_values`); returns the run
     directory. With ``resume``, continues from the last complete checkpoint of the same run directory (the saved
@@ -250,8 +257,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     if resume:
         if not saved_cfg.exists():
             raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
-        saved = yaml.safe_load(saved_cfg.read_text())
-        diff = sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
+        diff = saved_config_diff(run_dir, values)
         if diff:
             raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
         checkpoint = last_checkpoint(run_dir)
