@@ -67,7 +67,7 @@ def main() -> None:
         return metrics
 
     def ess_solve(log_q_BG, log_p_BG, rewards_BG):
-        return solve_ess_alpha(log_q_BG.exp(), log_p_BG, 0.5, 0.35, 0.9, signal_B=~zero_variance_groups(rewards_BG))
+        return solve_ess_alpha(log_q_BG, log_p_BG, 0.5, 0.35, 0.9, signal_B=~zero_variance_groups(rewards_BG))
 
     def run_apo():
         logp.grad = None

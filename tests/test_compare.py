@@ -9,9 +9,9 @@ import math
 import pytest
 
 from apo.cli import plots
+from apo.cli.compare import plan_workers
 from apo.cli.config import build, resolve_values
 from apo.cli.main import main
-from apo.cli.compare import plan_workers
 from apo.cli.presets import PRESETS, preset
 
 

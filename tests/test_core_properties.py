@@ -68,7 +68,7 @@ def test_divergence_is_zero_exactly_when_p_equals_q(case, alpha):
 def test_ess_in_range(case, alpha):
     rewards, u = case
     q = apo.boltzmann_target(rewards, 1.0)
-    ess = apo.effective_sample_size(q, torch.log_softmax(u, -1), alpha)
+    ess = apo.effective_sample_size(q.log(), torch.log_softmax(u, -1), alpha)
     G = rewards.shape[1]
     assert ((ess >= 1 - 1e-4) & (ess <= G + 1e-3)).all()
 

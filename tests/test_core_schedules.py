@@ -92,8 +92,8 @@ def test_ess_solver_hits_target_when_a_root_exists(where, seed):
     signal = ~apo.zero_variance_groups(rewards)
     ends = _mean_ess_fraction(q[signal].log(), log_p[signal], torch.tensor([0.0, 1.0], dtype=torch.float64))
     target = float(ends.min() + where * (ends.max() - ends.min()))  # between the endpoint values: a root exists
-    a = apo.solve_ess_alpha(q, log_p, target, 0.0, 1.0, signal_B=signal)
-    ess = apo.effective_sample_size(q[signal], log_p[signal], a).mean()
+    a = apo.solve_ess_alpha(q.log(), log_p, target, 0.0, 1.0, signal_B=signal)
+    ess = apo.effective_sample_size(q[signal].log(), log_p[signal], a).mean()
     assert abs(ess.item() - target * 8) < 1e-3
 
 
@@ -106,7 +106,7 @@ def test_ess_solver_non_monotone_takes_root_nearest_alpha_max():
     ess = _mean_ess_fraction(q.log(), log_p, grid)
     assert ess[50] > ess[0] and ess[50] > ess[-1]  # non-monotone
     target = float((ess.max() + max(ess[0], ess[-1])) / 2)
-    a = apo.solve_ess_alpha(q, log_p, target, 0.0, 1.0)
+    a = apo.solve_ess_alpha(q.log(), log_p, target, 0.0, 1.0)
     assert a > 0.5  # the crossing on the alpha_max side
     assert abs(_mean_ess_fraction(q.log(), log_p, torch.tensor([a], dtype=torch.float64)).item() - target) < 1e-6
 
@@ -118,8 +118,8 @@ def test_ess_solver_without_root_returns_closest_endpoint():
     f_hi = _mean_ess_fraction(q.log(), log_p, torch.tensor([hi], dtype=torch.float64)).item()
     above = max(f_lo, f_hi) + 0.05  # unreachable from above and below
     below = min(f_lo, f_hi) - 0.05
-    assert apo.solve_ess_alpha(q, log_p, min(above, 1.0), lo, hi) == (lo if f_lo > f_hi else hi)
-    assert apo.solve_ess_alpha(q, log_p, below, lo, hi) == (lo if f_lo < f_hi else hi)
+    assert apo.solve_ess_alpha(q.log(), log_p, min(above, 1.0), lo, hi) == (lo if f_lo > f_hi else hi)
+    assert apo.solve_ess_alpha(q.log(), log_p, below, lo, hi) == (lo if f_lo < f_hi else hi)
 
 
 def test_ess_schedule_skips_steps_without_signal_and_resumes():
@@ -135,9 +135,22 @@ def test_ess_schedule_skips_steps_without_signal_and_resumes():
     assert s2.alpha == a and s2.skipped == 1
 
 
+def test_ess_solver_works_where_q_underflows():
+    # beta_r = 0.01: q_i ~ exp(-z_i / 0.01) underflows to exactly 0 for the worse candidates in float32, while
+    # log q stays finite; on-policy (p uniform) the ESS falls from G at alpha = 0 to ~1 at alpha = 1, so the
+    # target 0.5 G has a root.
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    log_q = apo.boltzmann_log_target(rewards, 0.01)
+    assert log_q.dtype == torch.float32 and bool((log_q.exp() == 0).any()) and bool(log_q.isfinite().all())
+    log_p = torch.full((2, 8), -math.log(8.0))
+    a = apo.solve_ess_alpha(log_q, log_p, 0.5, 0.0, 1.0)
+    assert 0.0 < a < 1.0
+    assert abs(apo.effective_sample_size(log_q.double(), log_p.double(), a).mean().item() - 4.0) < 1e-3
+
+
 def test_ess_solve_is_deterministic():
     rewards, q, log_p = _off_policy_case(seed=3)
-    assert apo.solve_ess_alpha(q, log_p, 0.5, 0.0, 1.0) == apo.solve_ess_alpha(q, log_p, 0.5, 0.0, 1.0)
+    assert apo.solve_ess_alpha(q.log(), log_p, 0.5, 0.0, 1.0) == apo.solve_ess_alpha(q.log(), log_p, 0.5, 0.0, 1.0)
 
 
 def test_schedule_registry():

@@ -133,22 +133,23 @@ def _log_ess(s_XG: Tensor) -> Tensor:
     return 2.0 * torch.logsumexp(s_XG, -1) - torch.logsumexp(2.0 * s_XG, -1)
 
 
-def effective_sample_size(q_BG: Tensor, log_p_BG: Tensor, alpha: float) -> Tensor:
+def effective_sample_size(log_q_BG: Tensor, log_p_BG: Tensor, alpha: float) -> Tensor:
     """Effective sample size of the APO weights in each group (Eq. 21).
 
     ``ESS(a) = (sum_i w_i)^2 / sum_i w_i^2 = 1 / sum_i wbar_i^2`` with ``w_i = q_i^a p_i^(1-a) = p_i r_i^a``: the
     weight candidate ``i`` carries in Theorem 4.1's gradient. This is the definition of the paper's experiments
     (Sec. 7.1); Eq. 21's text writes ``w ~ r^a``, which coincides on-policy (``p`` uniform) and differs once the
-    policy moves; we use the gradient weights. Computed in log space. Range ``[1, G]``.
+    policy moves; we use the gradient weights. Computed in log space from ``log q`` (a ``q_i`` that underflows to 0
+    with a small ``beta_r`` keeps a finite log). Range ``[1, G]``.
 
     Args:
-        q_BG: ``[B, G]`` target; log_p_BG: ``[B, G]`` log anchored policy; alpha in [0, 1].
+        log_q_BG: ``[B, G]`` log target; log_p_BG: ``[B, G]`` log anchored policy; alpha in [0, 1].
     Returns:
         ``[B]`` ESS values (not differentiable: computed under ``no_grad``).
     """
     a = check_alpha(alpha)
     with torch.no_grad():
-        s_BG = a * q_BG.log() + (1.0 - a) * log_p_BG
+        s_BG = a * log_q_BG + (1.0 - a) * log_p_BG
         return _log_ess(s_BG).exp()
 
 
@@ -160,7 +161,7 @@ def _mean_ess_fraction(log_q_SG: Tensor, log_p_SG: Tensor, alphas_K: Tensor) -> 
 
 
 def solve_ess_alpha(
-    q_BG: Tensor,
+    log_q_BG: Tensor,
     log_p_BG: Tensor,
     target_fraction: float = 0.5,
     alpha_min: float = 0.35,
@@ -182,7 +183,8 @@ def solve_ess_alpha(
     target is returned (ties go to ``alpha_max``). Deterministic; float64 internally; no gradient.
 
     Args:
-        q_BG: ``[B, G]`` target; log_p_BG: ``[B, G]`` log anchored policy.
+        log_q_BG: ``[B, G]`` log target (:func:`apo.boltzmann_log_target`; taking the log of ``q`` would turn an
+            underflowed ``q_i = 0`` into ``-inf``); log_p_BG: ``[B, G]`` log anchored policy.
         target_fraction: ``gamma`` in (0, 1]; ESS target is ``gamma * G``.
         alpha_min, alpha_max: the search interval, ``0 <= alpha_min <= alpha_max <= 1``.
         signal_B: optional ``[B]`` bool, the groups to average over (default: all).
@@ -197,7 +199,7 @@ def solve_ess_alpha(
     if not (0.0 < target_fraction <= 1.0):
         raise ValueError(f"ess target fraction must be in (0, 1], got {target_fraction}")
     with torch.no_grad():
-        log_q = q_BG.detach().double().log()
+        log_q = log_q_BG.detach().double()
         log_p = log_p_BG.detach().double()
         if signal_B is not None:
             log_q, log_p = log_q[signal_B], log_p[signal_B]

@@ -188,7 +188,7 @@ class ESSAlpha:
             self.skipped += 1
             return self.alpha
         self.alpha = solve_ess_alpha(
-            log_q_BG.exp(), log_p_BG, self.target_fraction, self.alpha_min, self.alpha_max, signal_B=signal_B
+            log_q_BG, log_p_BG, self.target_fraction, self.alpha_min, self.alpha_max, signal_B=signal_B
         )
         return self.alpha
 
