@@ -429,6 +429,38 @@ def test_logged_alpha_is_the_scheduled_alpha(make_trainer):
     assert produced[0] < 0.9  # confident and improving: alpha moved below alpha_max
 
 
+@pytest.mark.parametrize(
+    "layout, expected_groups",
+    [
+        # one optimizer step per rollout of 2 groups, 1 group per micro-batch: alpha sees both groups
+        (dict(gradient_accumulation_steps=2, max_steps=2), [2, 2]),
+        # 4 optimizer steps per rollout of 4 groups: the first from the whole rollout (u = 0), the next three from
+        # their micro-batch (u != 0 after an update)
+        (dict(steps_per_generation=4, max_steps=4), [4, 1, 1, 1]),
+    ],
+)
+def test_alpha_comes_from_the_whole_rollout_when_a_rollout_starts_the_step(make_trainer, layout, expected_groups):
+    trainer = make_trainer(alpha_schedule="ess", reward_funcs=hash_reward, **layout)
+    seen, produced = [], []
+    update = trainer.alpha_schedule.update
+
+    def spy(**kw):
+        seen.append({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+        produced.append(update(**kw))
+        return produced[-1]
+
+    trainer.alpha_schedule.update = spy
+    logs = train_and_check(trainer, "apo/")
+    assert [k["rewards_BG"].shape[0] for k in seen] == expected_groups
+    # the rollout's p is uniform (u = 0), its q the Boltzmann target of those rewards
+    first = seen[0]
+    assert torch.allclose(first["log_p_BG"], torch.full_like(first["log_p_BG"], -math.log(4)), atol=1e-12)
+    assert torch.allclose(first["log_q_BG"], apo.boltzmann_log_target(first["rewards_BG"], 1.0))
+    # the step's logged reward is the mean over the same completions the schedule saw
+    assert logs[0]["reward"] == pytest.approx(first["rewards_BG"].mean().item(), rel=1e-6)
+    assert [h["apo/alpha"] for h in logs] == pytest.approx(produced, rel=1e-6)
+
+
 # A peaked random model (init_std 0.5): the token confidence is far from 0, so alpha moves and its state matters.
 GUARDED = dict(
     alpha_schedule="guarded",

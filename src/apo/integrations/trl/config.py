@@ -48,8 +48,9 @@ class APOConfig(GRPOConfig):
     loss unchanged. ``apo`` and ``adpo`` need whole groups in every micro-batch:
     ``per_device_train_batch_size % num_generations == 0``, whatever ``steps_per_generation``, ``num_iterations``,
     gradient accumulation and world size (the trainer shuffles whole groups; see :mod:`apo.integrations.trl.trainer`).
-    The alpha schedule advances once per optimizer step, from the first micro-batch of the step gathered over all
-    processes; that alpha serves every micro-batch of the step and is logged as ``apo/alpha``.
+    The alpha schedule advances once per optimizer step, from all groups of the rollout when a rollout starts the
+    step (u = 0 there), else from the first micro-batch of the step gathered over all processes; that alpha serves
+    every micro-batch of the step and is logged as ``apo/alpha``.
 
     Example::
 

@@ -21,12 +21,21 @@ What it overrides, and why (everything else is TRL's):
 
 Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
 
-- **alpha advances once per optimizer step**, on the first micro-batch of each gradient-accumulation window (a change
-  of ``state.global_step``), from that micro-batch's groups gathered over all processes (``accelerator.gather``), so
-  every process computes the same alpha; that alpha is used for every micro-batch of the step and logged as
-  ``apo/alpha``. Algorithm 1 computes alpha from the whole batch of the step; with gradient accumulation the first
-  micro-batch stands for it (the statistics of later micro-batches are not known when the first one's gradient is
-  taken). Like Algorithm 1, alpha is computed before the loss that uses it. Evaluation never advances it.
+- **alpha advances once per optimizer step** (a change of ``state.global_step``), before the loss that uses it, as
+  in Algorithm 1; every process computes the same alpha, which is used for every micro-batch of the step and logged
+  as ``apo/alpha``. Evaluation never advances it. Its statistics come from:
+
+  - the **whole rollout**, when a rollout starts the step: at generation time the policy *is* pi_old, so u = 0 and
+    p is uniform for every group of the rollout, and the rewards of all its groups (gathered over processes by TRL)
+    are known. This is Algorithm 1's whole batch; with the usual one optimizer step per rollout (the paper's
+    config: 8 completions per micro-batch, 16 accumulation steps) it is every step. Used for the ``fixed`` and
+    ``ess`` schedules and for ``guarded`` with ``confidence_source="anchored"`` (whose c_t is then exactly 0);
+    the ``sequence`` and ``token`` confidences need the policy's log-probs or entropies, which the rollout does not
+    compute, and take the next path. When a step spans several rollouts (``steps_per_generation <
+    gradient_accumulation_steps``), its first rollout stands for the step.
+  - the **first micro-batch** of the step otherwise (later optimizer steps on one rollout, where u != 0), its
+    groups gathered over processes (``accelerator.gather``): the statistics of later micro-batches are not known
+    when the first one's gradient is taken.
 - **pi_ref = pi_old**: TRL computes ``old_per_token_logps`` exactly when ``gradient_accumulation_steps %
   (steps_per_generation * num_iterations) != 0``, i.e. when a rollout's micro-batches span more than one optimizer
   step (mini-batches with ``steps_per_generation > gradient_accumulation_steps``, epochs with ``num_iterations > 1``).
@@ -174,6 +183,9 @@ class APOTrainer(GRPOTrainer):
         local = slice(self.accelerator.process_index * n, (self.accelerator.process_index + 1) * n)
         output["rewards"] = rewards_N[local].to(device=device, dtype=torch.float32)
         output["group_ids"] = group_ids_N.to(device)
+        if mode == "train" and self._alpha_from_rollout and self._alpha_step != self.state.global_step:
+            self._advance_alpha_at_rollout(rewards_N.view(-1, G))
+            self._alpha_step = self.state.global_step
         return output
 
     @profiling_decorator
@@ -280,6 +292,33 @@ class APOTrainer(GRPOTrainer):
         self._log_objective_metrics(mode, metrics, entropy_NT, mask_NT)
         return loss
 
+    @property
+    def _alpha_from_rollout(self) -> bool:
+        """Whether the rollout's statistics suffice for a schedule step (see the module docstring)."""
+        if self.alpha_schedule is None:
+            return False
+        return self.alpha_schedule.name != "guarded" or self.args.confidence_source == "anchored"
+
+    def _advance_alpha_at_rollout(self, rewards_BG: Tensor) -> float:
+        """One schedule step from all ``[B, G]`` groups of a rollout (every process), where pi_theta = pi_old."""
+        rewards_BG = rewards_BG.double()
+        zeros_BG = torch.zeros_like(rewards_BG)  # u = (l_theta - l_old) / tau = 0 at generation time
+        return self._schedule_step(
+            rewards_BG,
+            boltzmann_log_target(rewards_BG, self.args.beta_reward, self.args.reward_eps),
+            anchored_log_policy(zeros_BG, zeros_BG, self.args.tau_anchor),
+            confidence=None,
+        )
+
+    def _schedule_step(self, rewards_BG, log_q_BG, log_p_BG, confidence) -> float:
+        alpha = self.alpha_schedule.update(
+            rewards_BG=rewards_BG, log_q_BG=log_q_BG, log_p_BG=log_p_BG, confidence=confidence
+        )
+        for key, value in self.alpha_schedule.metrics().items():
+            if key != "apo/alpha":  # the alpha used is logged with the loss's metrics, once per micro-batch
+                self._metrics["train"][key].append(float(value))
+        return alpha
+
     def _advance_alpha(
         self,
         groups: GroupIndex,
@@ -289,7 +328,8 @@ class APOTrainer(GRPOTrainer):
         rewards_N: Tensor,
         entropy_NT: Tensor,
     ) -> float:
-        """One schedule step from this micro-batch's groups, gathered over processes (every process: same alpha)."""
+        """One schedule step from this micro-batch's groups, gathered over processes (every process: same alpha);
+        for optimizer steps that no rollout starts, or confidences the rollout cannot compute."""
         args = self.args
         m = mask_NT.to(logp_NT.dtype)
         seq_N = sequence_logprob(logp_NT, mask_NT, args.sequence_score)
@@ -308,13 +348,7 @@ class APOTrainer(GRPOTrainer):
             confidence = token_confidence(mean_entropy, vocab_size)
         else:
             confidence = None  # Eq. 19 on the anchored p, computed by the schedule
-        alpha = self.alpha_schedule.update(
-            rewards_BG=rewards_BG, log_q_BG=log_q_BG, log_p_BG=log_p_BG, confidence=confidence
-        )
-        for key, value in self.alpha_schedule.metrics().items():
-            if key != "apo/alpha":  # the alpha used is logged with the loss's metrics, once per micro-batch
-                self._metrics["train"][key].append(float(value))
-        return alpha
+        return self._schedule_step(rewards_BG, log_q_BG, log_p_BG, confidence)
 
     def _log_objective_metrics(self, mode: str, metrics: dict[str, Tensor], entropy_NT: Tensor, mask_NT: Tensor):
         keys = sorted(metrics)
