@@ -158,6 +158,12 @@ def test_equal_rewards_give_uniform_target_and_are_reported():
     assert torch.allclose(q[0], torch.full((3,), 1 / 3))
     _, metrics = apo_loss(torch.zeros(2, 3), torch.zeros(2, 3), rewards, alpha=0.5)
     assert metrics["apo/zero_var_frac"].item() == 0.5
+    # on-policy (p uniform), the one group with signal: ESS of q^0.5 = [1, e^1.41, 1]^0.5 over G = 3, by hand:
+    # z = [-0.7071, 1.4142, -0.7071] (population std 0.4714), w ~ exp(0.5 z) = [0.7022, 2.0281, 0.7022],
+    # ESS = (3.4325)^2 / (0.4931 + 4.1132 + 0.4931) = 11.7821 / 5.0994 = 2.3105, / 3 = 0.7702
+    assert metrics["apo/ess_signal"].item() == pytest.approx(0.7702, abs=2e-4)
+    _, flat = apo_loss(torch.zeros(1, 3), torch.zeros(1, 3), rewards[:1], alpha=0.5)
+    assert flat["apo/ess"].item() == pytest.approx(1.0) and math.isnan(flat["apo/ess_signal"].item())
 
 
 def test_weight_clipping_is_straight_through():

@@ -513,6 +513,17 @@ def test_reward_funcs_used(make_trainer):
     assert mean == pytest.approx(2.0 * logged["rewards/count_a_reward/mean"] + 0.5, rel=1e-5)
 
 
+def test_a_step_without_reward_variance_logs_no_ess_over_signal_groups(make_trainer):
+    def const(completions, **kw):
+        return [1.0] * len(completions)
+
+    trainer = make_trainer(reward_funcs=const, max_steps=1)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["apo/zero_var_frac"] == 1.0 and logged["apo/ess"] == pytest.approx(1.0)
+    assert "apo/ess_signal" not in logged  # undefined: neither a placeholder nor NaN in the logs
+
+
 def test_tiny_model_builder_is_deterministic(tokenizer):
     a, b = build_tiny_llama(tokenizer), build_tiny_llama(tokenizer)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))

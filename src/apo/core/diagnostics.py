@@ -69,10 +69,11 @@ def apo_metrics(
     """The per-step diagnostics of the APO objective.
 
     Keys: ``apo/divergence`` (mean ``D_alpha``), ``apo/alpha``, ``apo/ess`` (mean ``ESS / G`` at ``alpha``, all
-    groups), ``apo/ess_signal`` (same over groups with reward variance), ``apo/entropy`` (mean ``H(p) / log G``),
-    ``apo/confidence`` (``1 -`` that, Eq. 19), ``apo/u_abs_max`` and ``apo/u_abs_mean`` (how far the policy moved
-    from the anchor, in anchored logits), ``apo/weight_var`` (Prop. 4.3), ``apo/zero_var_frac``, and with
-    clipping ``apo/clip_frac`` (fraction of ``r^alpha`` outside ``[w_min, w_max]``).
+    groups), ``apo/ess_signal`` (same over groups with reward variance; NaN when there is none),
+    ``apo/entropy`` (mean ``H(p) / log G``), ``apo/confidence`` (``1 -`` that, Eq. 19), ``apo/u_abs_max`` and
+    ``apo/u_abs_mean`` (how far the policy moved from the anchor, in anchored logits), ``apo/weight_var``
+    (Prop. 4.3), ``apo/zero_var_frac``, and with clipping ``apo/clip_frac`` (fraction of ``r^alpha`` outside
+    ``[w_min, w_max]``).
 
     Shapes: ``[B, G]`` inputs, ``zero_var_B`` ``[B]`` bool. Returns 0-d tensors.
     """
@@ -89,7 +90,7 @@ def apo_metrics(
             "apo/divergence": divergence_B.detach().mean(),
             "apo/alpha": torch.tensor(float(alpha), dtype=torch.float64),  # exact: the alpha the loss used
             "apo/ess": ess_frac_B.mean(),
-            "apo/ess_signal": ess_frac_B[signal_B].mean() if bool(signal_B.any()) else ess_frac_B.new_tensor(1.0),
+            "apo/ess_signal": ess_frac_B[signal_B].mean(),  # NaN when no group carries signal
             "apo/entropy": ent_B.mean().to(log_p.dtype),
             "apo/confidence": (1.0 - ent_B.mean()).clamp(0.0, 1.0).to(log_p.dtype),
             "apo/u_abs_max": u.max(),

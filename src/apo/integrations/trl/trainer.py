@@ -85,6 +85,8 @@ from .generation import generate_single_turn
 
 TESTED_TRL_VERSION = "1.16.0"
 SCHEDULE_STATE_FILE = "apo_alpha_schedule.json"
+NAN_WHEN_UNDEFINED = frozenset({"apo/ess_signal"})
+"""Metrics over a subset of groups (NaN where the subset is empty), averaged over the processes that define them."""
 
 if trl.__version__ != TESTED_TRL_VERSION:
     _msg = (
@@ -356,6 +358,10 @@ class APOTrainer(GRPOTrainer):
         gathered_PK = self.accelerator.gather(local_K).view(-1, len(keys))
         for j, key in enumerate(keys):
             column = gathered_PK[:, j]
+            if key in NAN_WHEN_UNDEFINED:  # a statistic with no member on a process (NaN) is left out, not 0 or 1
+                column = column[~column.isnan()]
+                if column.numel() == 0:
+                    continue  # undefined on every process: no value for this micro-batch
             self._metrics[mode][key].append((column.max() if key.endswith("_max") else column.mean()).item())
         m = mask_NT.to(entropy_NT.dtype)
         totals = self.accelerator.reduce(torch.stack([(entropy_NT.detach() * m).sum(), m.sum()]), reduction="sum")
