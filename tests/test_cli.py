@@ -133,7 +133,15 @@ def test_sigkill_then_resume_loses_and_repeats_no_step(tmp_path):
     done = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _steps(run) == list(range(1, 9))
-    assert json.loads((run / "summary.json").read_text())["steps"] == 8
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 8
+    # the wall time carries over the resume: it keeps growing from the kept steps, and counts them in the summary
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    times = [r["wall_time_s"] for r in rows]
+    assert times == sorted(times) and times[0] > 0
+    resumed_at = rows[2]["time"]  # step 3: the first step of the resumed process
+    assert times[2] - times[1] < resumed_at - rows[1]["time"]  # the pause between the processes is not counted
+    assert summary["wall_time_s"] >= times[-1] > times[1]
 
 
 def test_eval_command(capsys):

@@ -3,7 +3,8 @@
 A run directory holds::
 
     config.yaml          the resolved input settings (reloadable with `apo train RUN/config.yaml`)
-    metrics.jsonl        one JSON line per optimizer step: every logged metric, with `step`, `reward`, `apo/alpha`
+    metrics.jsonl        one JSON line per optimizer step: every logged metric, with `step`, `reward`, `apo/alpha`,
+                         and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
     eval_before.json     held-out mean reward of the starting policy (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
     summary.json         wall time, steps, rewards before/after
@@ -189,7 +190,15 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def _callbacks(run_dir: Path, max_steps: int):
+def _carried_wall_time(path: Path) -> float:
+    """``wall_time_s`` of the last line of ``metrics.jsonl`` (0 without one): the time a resumed run had spent."""
+    if not path.exists():
+        return 0.0
+    lines = path.read_text().splitlines()
+    return float(json.loads(lines[-1]).get("wall_time_s", 0.0)) if lines else 0.0
+
+
+def _callbacks(run_dir: Path, max_steps: int, wall_time_s):
     from transformers import TrainerCallback
 
     class MetricsJsonl(TrainerCallback):
@@ -198,7 +207,7 @@ def _callbacks(run_dir: Path, max_steps: int):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs or "loss" not in logs and "reward" not in logs:
                 return
-            row = {"step": state.global_step, "epoch": state.epoch, "time": time.time()}
+            row = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), "wall_time_s": wall_time_s()}
             row.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -250,6 +259,11 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     from apo.integrations.trl.trainer import APOTrainer
 
     t0 = time.time()
+    carried = 0.0  # wall time of the steps a resumed run keeps
+
+    def wall_time_s() -> float:
+        return carried + time.time() - t0
+
     cfg = cfglib.build(values)
     run_dir = Path(cfg.output_dir)
     saved_cfg = run_dir / "config.yaml"
@@ -262,6 +276,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
         checkpoint = last_checkpoint(run_dir)
         _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+        carried = _carried_wall_time(run_dir / "metrics.jsonl")
     else:
         leftovers = [
             p.name for p in (run_dir / "metrics.jsonl", saved_cfg, run_dir / "eval_before.json") if p.exists()
@@ -299,7 +314,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         args=cfg,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=_callbacks(run_dir, cfg.max_steps),
+        callbacks=_callbacks(run_dir, cfg.max_steps, wall_time_s),
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -313,7 +328,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
-    summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": time.time() - t0}
+    summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
     if cfg.eval_before_after and eval_ds is not None:
         after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)
         _write_json(run_dir / "eval_after.json", after)
@@ -323,10 +338,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             reward_after=after["reward"],
             reward_gain=after["reward"] - before["reward"],
         )
-    prev = run_dir / "summary.json"
-    if resume and prev.exists():  # wall time of the interrupted part counts too
-        summary["wall_time_s"] += json.loads(prev.read_text()).get("wall_time_s", 0.0)
-    _write_json(prev, summary)
+    _write_json(run_dir / "summary.json", summary)
     from apo.cli.plots import plot_run
 
     plot_run(run_dir)
