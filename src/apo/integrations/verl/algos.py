@@ -18,7 +18,10 @@ The alpha schedule runs in the driver, once per rollout, inside the estimator (b
 groups at the rollout policy (``u = 0``, ``p`` uniform): Algorithm 1 lines 17-21 exactly when there is one optimizer
 step per rollout. Departures: with several mini-batches per rollout alpha still moves once per rollout; the
 anchored-entropy confidence of Eq. 19 is 0 at ``u = 0``, so ``guarded`` stays at ``alpha_max`` (``ess`` moves);
-the schedule state is not checkpointed (a resumed run restarts it).
+the schedule state is not checkpointed (a resumed run restarts it). At ``u = 0`` that changes no alpha except one:
+``fixed`` has no state; ``guarded`` stays at ``alpha_max`` whatever its baselines; ``ess`` solves each rollout
+afresh and keeps its previous alpha only on a rollout without any group with reward variance, which right after a
+resume falls back to ``alpha_max`` instead.
 """
 
 from __future__ import annotations
