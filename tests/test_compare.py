@@ -167,6 +167,14 @@ def test_a_changed_setting_does_not_resume_silently(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
 
 
+def test_repeated_algorithms_or_seeds_are_rejected(tmp_path, capsys):
+    out = str(tmp_path / "c")
+    assert main(["compare", "--algorithms", "gspo,adpo,gspo", "--seeds", "0", "--out", out]) == 2
+    assert "--algorithms lists gspo more than once" in capsys.readouterr().err
+    assert main(["compare", "--algorithms", "gspo", "--seeds", "1,1", "--out", out]) == 2
+    assert "--seeds lists 1 more than once" in capsys.readouterr().err
+
+
 def test_worker_slots():
     assert plan_workers(None, None, on_gpu=False, gpu_count=0) == [None]
     assert plan_workers(3, None, on_gpu=False, gpu_count=0) == [None, None, None]

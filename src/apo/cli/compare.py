@@ -97,11 +97,11 @@ def compare(
     same command completes a comparison.
 
     Where runs go (:func:`plan_workers`): with one worker slot (the default on a CPU or a single GPU), one after
-    another in this process, in plan order (preset-major). With several slots (``jobs``, ``devices``, or a GPU
-    config on a machine with several GPUs), each run is its own process (``python -m apo.cli.compare``), at most one
-    per slot, with ``CUDA_VISIBLE_DEVICES`` set to the slot's device, and its output in ``<out>/<run>.log``. After a
-    failed run no new run starts; the running ones finish, the figures are not drawn, and :class:`CompareError`
-    names the failed runs and their logs.
+    another in this process, seed by seed (every algorithm with seed 0, then seed 1, ...). With several slots
+    (``jobs``, ``devices``, or a GPU config on a machine with several GPUs), each run is its own process
+    (``python -m apo.cli.compare``), at most one per slot, with ``CUDA_VISIBLE_DEVICES`` set to the slot's device,
+    and its output in ``<out>/<run>.log``. After a failed run no new run starts; the running ones finish, the
+    figures are not drawn, and :class:`CompareError` names the failed runs and their logs.
 
     Raises:
         ConfigError: an unknown preset (listing the valid ones), an invalid override or ``jobs`` / ``devices``, or a
@@ -110,12 +110,16 @@ def compare(
     """
     if not algorithms or not seeds:
         raise cfglib.ConfigError("apo compare needs at least one algorithm (--algorithms) and one seed (--seeds)")
+    for flag, items in (("--algorithms", algorithms), ("--seeds", seeds)):
+        repeated = sorted({str(x) for x in items if items.count(x) > 1})
+        if repeated:
+            raise cfglib.ConfigError(f"{flag} lists {', '.join(repeated)} more than once")
     out = Path(out_dir) if out_dir else default_out_dir(config_path)
     user = cfglib.parse_overrides(list(overrides))
     plan = []
-    for name in algorithms:
-        base = preset(name)
-        for seed in seeds:
+    bases = {name: preset(name) for name in algorithms}  # every name checked before anything else
+    for seed in seeds:  # seed-major: a comparison stopped part-way has the same seeds for every algorithm
+        for name, base in bases.items():
             run_dir = out / run_name(name, seed)
             values = cfglib.resolve_values(config_path, {**base, **user, "seed": seed, "output_dir": str(run_dir)})
             cfglib.build(values)  # the config's own checks, before anything is trained
