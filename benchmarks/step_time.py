@@ -279,9 +279,10 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; valid: {list(VARIANTS)}")
-    device = torch.device("cuda" if opts.device == "auto" and torch.cuda.is_available() else opts.device)
-    if device.type == "auto":
-        device = torch.device("cpu")
+    if opts.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(opts.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if opts.threads:
         torch.set_num_threads(opts.threads)
