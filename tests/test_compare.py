@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from apo.cli import plots
 from apo.cli.compare import plan_workers
@@ -175,6 +176,35 @@ def test_repeated_algorithms_or_seeds_are_rejected(tmp_path, capsys):
     assert "--seeds lists 1 more than once" in capsys.readouterr().err
 
 
+def test_preset_variants():
+    assert preset("apo-fixed@alpha=0.35") == {**PRESETS["apo-fixed"], "alpha": 0.35}
+    v = preset("apo-guarded@steps_per_generation=4@per_device_train_batch_size=32")
+    assert (v["alpha_schedule"], v["steps_per_generation"], v["per_device_train_batch_size"]) == ("guarded", 4, 32)
+    with pytest.raises(ValueError, match="write a preset variant as PRESET@key=value"):
+        preset("apo-fixed@alpha")
+    with pytest.raises(ValueError, match="unknown algorithm preset 'apo-fxed'"):
+        preset("apo-fxed@alpha=0.3")
+
+
+def test_variants_follow_their_preset_in_tables(tmp_path):
+    names = ["grpo", "apo-fixed@alpha=0.9", "zzz", "apo-fixed", "apo-fixed@alpha=0.35", "apo-ess"]
+    runs = [_fake_run(tmp_path, f"{n}-seed0", [0.1], [1.0], 0.3, 0.4, 1.0) for n in names]
+    assert list(plots.group_runs(runs)) == [
+        "apo-ess",
+        "apo-fixed",
+        "apo-fixed@alpha=0.35",
+        "apo-fixed@alpha=0.9",
+        "grpo",
+        "zzz",
+    ]
+
+
+def test_a_variant_and_the_command_line_may_not_set_the_same_key(tmp_path, capsys):
+    argv = ["compare", "alpha=0.5", "--algorithms", "apo-fixed@alpha=0.35", "--seeds", "0", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "alpha set both by the variant 'apo-fixed@alpha=0.35' and on the command line" in capsys.readouterr().err
+
+
 def test_worker_slots():
     assert plan_workers(None, None, on_gpu=False, gpu_count=0) == [None]
     assert plan_workers(3, None, on_gpu=False, gpu_count=0) == [None, None, None]
@@ -199,17 +229,17 @@ def _training_rows(run_dir):
 
 def test_runs_in_their_own_processes_match_runs_in_one(tmp_path):
     overrides = ["max_steps=2", "eval_size=16", "eval_samples=2", "save_strategy=no", "train_size=64"]
-    common = [*overrides, "--algorithms", "apo-ess,grpo", "--seeds", "0"]
+    common = [*overrides, "--algorithms", "apo-fixed@alpha=0.35,grpo", "--seeds", "0"]
     assert main(["compare", *common, "--out", str(tmp_path / "one")]) == 0
     # CPU config: the device only sets CUDA_VISIBLE_DEVICES of each run's process
     assert main(["compare", *common, "--jobs", "2", "--devices", "3,7", "--out", str(tmp_path / "two")]) == 0
     log = json.loads((tmp_path / "two" / "compare.json").read_text())
     assert log["workers"] == 2
     assert {r["run"]: (r["status"], r["device"]) for r in log["runs"]} == {
-        "apo-ess-seed0": ("trained", "3"),
+        "apo-fixed@alpha=0.35-seed0": ("trained", "3"),
         "grpo-seed0": ("trained", "7"),
     }
-    for run in ("apo-ess-seed0", "grpo-seed0"):
+    for run in ("apo-fixed@alpha=0.35-seed0", "grpo-seed0"):
         text = (tmp_path / "two" / f"{run}.log").read_text()
         device = "3" if run.startswith("apo") else "7"
         assert f"CUDA_VISIBLE_DEVICES={device}\n" in text
@@ -218,7 +248,11 @@ def test_runs_in_their_own_processes_match_runs_in_one(tmp_path):
         for name in ("eval_before.json", "eval_after.json"):
             assert (tmp_path / "two" / run / name).read_text() == (tmp_path / "one" / run / name).read_text()
     table = json.loads((tmp_path / "two" / "table.json").read_text())
-    assert [r["algorithm"] for r in table["algorithms"]] == ["apo-ess", "grpo"]
+    assert [r["algorithm"] for r in table["algorithms"]] == ["apo-fixed@alpha=0.35", "grpo"]
+    # the variant's setting reached the run and its loss
+    variant = tmp_path / "two" / "apo-fixed@alpha=0.35-seed0"
+    assert yaml.safe_load((variant / "config.yaml").read_text())["alpha"] == 0.35
+    assert [r["apo/alpha"] for r in _training_rows(variant)] == [0.35, 0.35]
 
 
 def test_a_failed_run_process_is_reported_with_its_log(tmp_path, capsys):

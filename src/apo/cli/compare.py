@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from apo.cli import config as cfglib
-from apo.cli.presets import preset
+from apo.cli.presets import preset, split_variant
 from apo.cli.run import saved_config_diff
 
 logger = logging.getLogger("apo")
@@ -87,7 +87,8 @@ def compare(
     (:func:`plot_comparison`); returns the comparison folder.
 
     Settings of one run, lowest to highest precedence: the config file (``None``: the embedded default), the preset
-    (:data:`apo.cli.presets.PRESETS`), the ``key=value`` ``overrides``, then ``seed=k`` and
+    (:data:`apo.cli.presets.PRESETS`) or preset variant (``apo-fixed@alpha=0.35``, :func:`apo.cli.presets.preset`;
+    a key set both by a variant and in ``overrides`` is an error), the ``key=value`` ``overrides``, then ``seed=k`` and
     ``output_dir=<out>/<preset>-seed<k>``. The seed sets the draw of training prompts, the sampling and the
     optimizer's randomness; held-out prompts and their sampling seed (``eval_seed``) are the same for every run, so
     ``eval_before.json`` is the same starting point everywhere.
@@ -104,8 +105,9 @@ def compare(
     figures are not drawn, and :class:`CompareError` names the failed runs and their logs.
 
     Raises:
-        ConfigError: an unknown preset (listing the valid ones), an invalid override or ``jobs`` / ``devices``, or a
-            resumed run whose saved config differs from the one requested.
+        ConfigError: an unknown preset (listing the valid ones), a malformed variant, an invalid override or
+            ``jobs`` / ``devices``, a repeated algorithm or seed, or a resumed run whose saved config differs from
+            the one requested.
         CompareError: a run failed in its own process.
     """
     if not algorithms or not seeds:
@@ -118,6 +120,12 @@ def compare(
     user = cfglib.parse_overrides(list(overrides))
     plan = []
     bases = {name: preset(name) for name in algorithms}  # every name checked before anything else
+    for name in algorithms:
+        clash = sorted(set(split_variant(name)[1]) & set(user))
+        if clash:
+            raise cfglib.ConfigError(
+                f"{', '.join(clash)} set both by the variant {name!r} and on the command line: set it in one place"
+            )
     for seed in seeds:  # seed-major: a comparison stopped part-way has the same seeds for every algorithm
         for name, base in bases.items():
             run_dir = out / run_name(name, seed)

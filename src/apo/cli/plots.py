@@ -144,15 +144,21 @@ def run_label(run_dir: Path) -> str:
 
 
 def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
-    """Runs grouped by :func:`run_label`, presets in :data:`apo.cli.presets.PRESETS` order, then other labels sorted;
-    runs within a group sorted by directory name."""
+    """Runs grouped by :func:`run_label`, presets in :data:`apo.cli.presets.PRESETS` order, each followed by its
+    variants (``apo-fixed@alpha=0.35``) sorted, then other labels sorted; runs within a group sorted by directory
+    name."""
     from apo.cli.presets import PRESETS
 
     groups: dict[str, list[Path]] = {}
     for r in run_dirs:
         groups.setdefault(run_label(r), []).append(r)
-    order = [k for k in PRESETS if k in groups] + sorted(k for k in groups if k not in PRESETS)
-    return {k: sorted(groups[k], key=lambda p: p.name) for k in order}
+    presets = list(PRESETS)
+
+    def rank(label: str) -> tuple:
+        base, _, variant = label.partition("@")
+        return (presets.index(base), variant != "", variant) if base in presets else (len(presets), False, label)
+
+    return {k: sorted(groups[k], key=lambda p: p.name) for k in sorted(groups, key=rank)}
 
 
 def _read_json(path: Path) -> dict | None:

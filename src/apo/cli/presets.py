@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from apo.cli.config import ConfigError
+from apo.cli.config import ConfigError, parse_overrides
 
 _ANCHOR = {"tau_anchor": 0.8, "beta_reward": 1.0}
 
@@ -54,12 +54,34 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Preset name -> config overrides."""
 
 
-def preset(name: str) -> dict[str, Any]:
-    """A copy of the overrides of preset ``name``.
+VARIANT_SEP = "@"
+"""``apo-fixed@alpha=0.35``: preset ``apo-fixed`` with ``alpha: 0.35`` on top (several: ``@k=v@k2=v2``)."""
+
+
+def split_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``"apo-fixed@alpha=0.35"`` -> ``("apo-fixed", {"alpha": 0.35})``; a plain preset name gives ``{}``.
 
     Raises:
-        ConfigError (a ``ValueError``): an unknown name; the message lists the valid ones.
+        ConfigError: an unknown preset (the message lists the valid ones), or a variant part that is not
+            ``key=value``.
     """
-    if name not in PRESETS:
-        raise ConfigError(f"unknown algorithm preset {name!r}; valid: {', '.join(PRESETS)}")
-    return dict(PRESETS[name])
+    base, *pairs = name.split(VARIANT_SEP)
+    if base not in PRESETS:
+        raise ConfigError(f"unknown algorithm preset {base!r}; valid: {', '.join(PRESETS)}")
+    if any("=" not in pair or pair.startswith("=") for pair in pairs):
+        raise ConfigError(
+            f"algorithm {name!r}: write a preset variant as PRESET@key=value[@key=value], e.g. apo-fixed@alpha=0.35"
+        )
+    return base, parse_overrides(pairs)
+
+
+def preset(name: str) -> dict[str, Any]:
+    """A copy of the overrides of preset ``name``; ``PRESET@key=value[@key=value ...]`` names a variant of a preset
+    (for ablations: ``apo-fixed@alpha=0.35``), whose pairs (YAML values, as on the command line) override the
+    preset's. The whole name labels its runs (``apo-fixed@alpha=0.35-seed0``).
+
+    Raises:
+        ConfigError (a ``ValueError``): as :func:`split_variant`.
+    """
+    base, pairs = split_variant(name)
+    return {**PRESETS[base], **pairs}
