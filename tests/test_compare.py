@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from apo.cli import plots
-from apo.cli.compare import plan_workers
+from apo.cli.compare import plan_workers, visible_gpus
 from apo.cli.config import build, resolve_values
 from apo.cli.main import main
 from apo.cli.presets import PRESETS, preset
@@ -155,6 +155,8 @@ def test_compare_then_plot_through_the_cli(tmp_path):
     status = {r["run"]: r["status"] for r in json.loads((out / "compare.json").read_text())["runs"]}
     assert status == {"apo-guarded-seed0": "skipped", "gspo-seed0": "resumed"}
     assert (out / "gspo-seed0" / "summary.json").is_file()
+    # a finished run is not passed off as a run of other settings
+    assert main([a.replace("max_steps=2", "max_steps=3") for a in argv]) == 2
 
 
 def test_a_changed_setting_does_not_resume_silently(tmp_path):
@@ -205,20 +207,36 @@ def test_a_variant_and_the_command_line_may_not_set_the_same_key(tmp_path, capsy
     assert "alpha set both by the variant 'apo-fixed@alpha=0.35' and on the command line" in capsys.readouterr().err
 
 
+def test_overrides_may_follow_options_but_the_config_comes_first(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "max_steps=2", "--seeds", "0", "smollm2-arith"])
+    assert "smollm2-arith: CONFIG (a file or a bundled config name) comes first" in capsys.readouterr().err
+
+
 def test_worker_slots():
-    assert plan_workers(None, None, on_gpu=False, gpu_count=0) == [None]
-    assert plan_workers(3, None, on_gpu=False, gpu_count=0) == [None, None, None]
-    assert plan_workers(None, None, on_gpu=True, gpu_count=1) == [None]  # one GPU: in this process
-    assert plan_workers(None, None, on_gpu=True, gpu_count=4) == ["0", "1", "2", "3"]  # one run per GPU
-    assert plan_workers(None, None, on_gpu=False, gpu_count=4) == [None]  # use_cpu: GPUs are not used
-    assert plan_workers(None, ["2", "5"], on_gpu=True, gpu_count=8) == ["2", "5"]
-    assert plan_workers(2, ["2", "5"], on_gpu=True, gpu_count=8) == ["2", "5"]
-    with pytest.raises(ValueError, match="--jobs 3 with 2 devices"):
-        plan_workers(3, ["2", "5"], on_gpu=True, gpu_count=8)
-    with pytest.raises(ValueError, match="--jobs 2 with 4 devices"):
-        plan_workers(2, None, on_gpu=True, gpu_count=4)
+    cpu = []
+    assert plan_workers(None, None, cpu) == [None]
+    assert plan_workers(3, None, cpu) == [None, None, None]
+    assert plan_workers(None, None, ["0"]) == [None]  # one GPU: in this process
+    assert plan_workers(None, None, ["0", "1", "2", "3"]) == ["0", "1", "2", "3"]  # one run per GPU
+    assert plan_workers(2, None, ["0", "1", "2", "3"]) == ["0", "1"]
+    assert plan_workers(1, None, ["0", "1", "2", "3"]) == [None]  # one at a time, in this process
+    assert plan_workers(None, ["2", "5"], ["0"]) == ["2", "5"]
+    assert plan_workers(2, ["2", "5"], []) == ["2", "5"]
+    with pytest.raises(ValueError, match="--jobs 3 with --devices 2,5"):
+        plan_workers(3, ["2", "5"], [])
+    with pytest.raises(ValueError, match="--jobs 5 but 4 GPUs are visible"):
+        plan_workers(5, None, ["0", "1", "2", "3"])
     with pytest.raises(ValueError, match="--jobs must be >= 1"):
-        plan_workers(0, None, on_gpu=False, gpu_count=0)
+        plan_workers(0, None, cpu)
+
+
+def test_visible_gpus_keep_the_schedulers_assignment():
+    # a job given GPUs 2 and 3 (or UUIDs) hands out exactly those, never 0 and 1
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-a1b2, GPU-c3d4"}) == ["GPU-a1b2", "GPU-c3d4"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert plan_workers(None, None, visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"})) == ["2", "3"]
 
 
 def _training_rows(run_dir):

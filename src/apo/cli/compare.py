@@ -8,7 +8,8 @@ A comparison folder holds one run directory per (preset, seed), named ``<preset>
     table.md     per preset: held-out reward before / after, best training reward, steps to a threshold,
                  final token entropy, wall time; mean +- 95% half-width over seeds
     table.json   the same numbers, and every per-seed value, machine-readable
-    compare.json the runs of the last `apo compare` call, the device of each, and the call's wall time
+    compare.json the runs of the last `apo compare` call (with the device and log of each run in its own process)
+                 and the call's wall time
     <run>.log    stdout and stderr of a run trained in its own process (``jobs > 1``)
 
 The figures and tables are drawn by :mod:`apo.cli.plots` from saved files only, so ``apo plot`` redraws them without
@@ -20,8 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,29 +50,49 @@ class CompareError(RuntimeError):
     """A run of a comparison failed; the message names the runs and their log files."""
 
 
-def plan_workers(jobs: int | None, devices: list[str] | None, on_gpu: bool, gpu_count: int) -> list[str | None]:
-    """The device of each worker slot: ``len(result)`` runs go at once, each slot's runs see only its device
-    (``CUDA_VISIBLE_DEVICES``); ``None`` leaves the environment as it is.
+def visible_gpus(environ: dict[str, str] | None = None) -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's own entries where it is
+    set (indices or UUIDs, as the scheduler gave them), else ``"0"`` .. ``str(torch.cuda.device_count() - 1)``."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return [d.strip() for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    import torch
 
-    - ``devices`` given: one slot per device (``jobs``, if given, must equal ``len(devices)``);
-    - else on a GPU config with ``gpu_count > 1``: one slot per visible GPU, ``"0"`` .. ``str(gpu_count - 1)``
-      (``jobs`` must be ``None`` or ``gpu_count``);
-    - else ``jobs`` slots (default 1) without a device: runs in parallel processes on the CPU (or sharing one GPU).
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def plan_workers(jobs: int | None, devices: list[str] | None, visible: list[str]) -> list[str | None]:
+    """The device of each worker slot: ``len(result)`` runs go at once, each in its own process that sees only its
+    slot's device (``CUDA_VISIBLE_DEVICES`` set to it); ``[None]`` means one run at a time in this process, with the
+    environment as it is.
+
+    - ``devices`` given (``--devices``, written as they are into ``CUDA_VISIBLE_DEVICES``): one slot per device;
+      ``jobs``, if given, must equal ``len(devices)``.
+    - else with several ``visible`` GPUs (:func:`visible_gpus`; empty for a CPU config): one slot per visible GPU,
+      or the first ``jobs`` of them; ``jobs=1``: this process.
+    - else ``jobs`` slots (default 1) without a device: processes that share the CPU (or the one GPU).
 
     Raises:
-        ConfigError: ``jobs < 1``, or ``jobs`` different from the number of devices.
+        ConfigError: ``jobs < 1``; ``jobs`` different from ``len(devices)``; more ``jobs`` than visible GPUs.
     """
     if jobs is not None and jobs < 1:
         raise cfglib.ConfigError(f"--jobs must be >= 1, got {jobs}")
-    if not devices and on_gpu and gpu_count > 1:
-        devices = [str(i) for i in range(gpu_count)]
     if devices:
         if jobs is not None and jobs != len(devices):
             raise cfglib.ConfigError(
-                f"--jobs {jobs} with {len(devices)} devices ({','.join(devices)}): one run per device at a time; "
-                "drop --jobs or pass --devices with one entry per job"
+                f"--jobs {jobs} with --devices {','.join(devices)}: one run per device at a time; drop --jobs or "
+                "list one device per job"
             )
         return list(devices)
+    if len(visible) > 1:
+        if jobs == 1:
+            return [None]
+        if jobs is not None and jobs > len(visible):
+            raise cfglib.ConfigError(
+                f"--jobs {jobs} but {len(visible)} GPUs are visible ({','.join(visible)}): at most one run per GPU; "
+                "lower --jobs, or pass --devices"
+            )
+        return visible[: jobs or len(visible)]
     return [None] * (jobs or 1)
 
 
@@ -95,7 +118,7 @@ def compare(
 
     Every setting is validated before the first run starts. A run whose ``summary.json`` exists is finished and is
     skipped; a run directory without it (a killed comparison) is resumed from its last checkpoint, so rerunning the
-    same command completes a comparison.
+    same command completes a comparison. Either way its saved ``config.yaml`` must equal the requested settings.
 
     Where runs go (:func:`plan_workers`): with one worker slot (the default on a CPU or a single GPU), one after
     another in this process, seed by seed (every algorithm with seed 0, then seed 1, ...). With several slots
@@ -131,21 +154,18 @@ def compare(
             run_dir = out / run_name(name, seed)
             values = cfglib.resolve_values(config_path, {**base, **user, "seed": seed, "output_dir": str(run_dir)})
             cfglib.build(values)  # the config's own checks, before anything is trained
-            if (run_dir / "config.yaml").exists() and not _is_finished(run_dir):
+            if (run_dir / "config.yaml").exists():  # a finished run is skipped, an unfinished one resumed
                 diff = saved_config_diff(run_dir, values)
                 if diff:
+                    state = "finished" if _is_finished(run_dir) else "unfinished"
                     raise cfglib.ConfigError(
-                        f"{run_dir} holds an unfinished run whose config differs in {diff}: rerun with the same "
+                        f"{run_dir} holds a {state} run whose config differs in {diff}: rerun with the same "
                         "settings, or pass --out <new folder>"
                     )
             plan.append((run_dir, values))
     on_gpu = not plan[0][1].get("use_cpu", False)
-    gpu_count = 0
-    if on_gpu and devices is None and jobs in (None, 1):
-        import torch
-
-        gpu_count = torch.cuda.device_count()
-    slots = plan_workers(jobs, devices, on_gpu, gpu_count)
+    visible = visible_gpus() if on_gpu and not devices else []
+    slots = plan_workers(jobs, devices, visible)
 
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -201,11 +221,27 @@ def _run_in_workers(plan: list[tuple[Path, dict]], slots: list[str | None], out:
             todo.append((run_dir, values))
     free = list(range(len(slots)))
     running: dict[int, tuple[subprocess.Popen, Path, dict, float, Any]] = {}
+
+    def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP (a scheduler, a closed terminal): clean up as on Ctrl-C
+        raise SystemExit(128 + signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        handlers = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _schedule(todo, running, free, slots, out, records)
-    finally:  # an interrupted comparison does not leave training processes behind
+    finally:  # an interrupted comparison leaves no training process behind (a rerun resumes the runs)
         for proc, *_ in running.values():
             proc.terminate()
+        for proc, _, _, _, log_file in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log_file.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     for run_dir, _ in todo:  # not started after a failure
         records[run_dir.name] = {"run": run_dir.name, "status": "not started"}
     return [records[run_dir.name] for run_dir, _ in plan]
@@ -228,7 +264,7 @@ def _schedule(todo, running, free, slots, out, records) -> None:
             log_path = out / f"{run_dir.name}.log"
             log_file = open(log_path, "a")  # noqa: SIM115 - closed when the process ends
             cmd = [sys.executable, "-m", "apo.cli.compare", str(spec)]
-            proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
             logger.info(
                 "%s: %s in process %d (device %s), log %s",
                 run_dir,

@@ -140,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=None,
-        help="runs at once, each in its own process (default: one per GPU on a machine with several, else 1)",
+        help="runs at once, each in its own process (default: one per GPU where several are visible, else 1; "
+        "1: one after another in this process)",
     )
     m.add_argument(
         "--devices",
         default=None,
-        help="GPU ids, one run at a time on each (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3 (default: all visible GPUs)",
+        help="GPUs, one run at a time on each, each written as given into its runs' CUDA_VISIBLE_DEVICES, e.g. "
+        "0,1,2,3 (default on a GPU config: the entries of CUDA_VISIBLE_DEVICES, else every GPU)",
     )
     m.set_defaults(fn=cmd_compare)
     pl = sub.add_parser("plot", help="redraw comparison figures and table from saved run directories")
@@ -164,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     if options or (extra and not hasattr(args, "items")):
         parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
     if extra:
+        misplaced = [a for a in extra if "=" not in a]
+        if misplaced:
+            parser.error(
+                f"{' '.join(misplaced)}: CONFIG (a file or a bundled config name) comes first, before key=value"
+            )
         args.items = [*args.items, *extra]
     setup()
     from apo.cli.compare import CompareError
