@@ -148,6 +148,14 @@ def test_ess_solver_works_where_q_underflows():
     assert abs(apo.effective_sample_size(log_q.double(), log_p.double(), a).mean().item() - 4.0) < 1e-3
 
 
+def test_ess_functions_reject_q_in_place_of_log_q():
+    rewards, q, log_p = _off_policy_case()
+    with pytest.raises(ValueError, match="pass log q"):
+        apo.solve_ess_alpha(q, log_p, 0.5, 0.35, 0.9)
+    with pytest.raises(ValueError, match="pass log q"):
+        apo.effective_sample_size(q, log_p, 0.5)
+
+
 def test_ess_solve_is_deterministic():
     rewards, q, log_p = _off_policy_case(seed=3)
     assert apo.solve_ess_alpha(q.log(), log_p, 0.5, 0.0, 1.0) == apo.solve_ess_alpha(q.log(), log_p, 0.5, 0.0, 1.0)

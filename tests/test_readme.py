@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+import apo
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -21,6 +23,12 @@ def test_library_example_runs():
     exec(_python_block_after("## The library"), scope)  # noqa: S102 - the README's own code
     alpha, loss, logp, q, log_p = (scope[k] for k in ("alpha", "loss", "logp", "q", "log_p"))
     assert 0.35 <= alpha <= 0.9  # "in [0.35, 0.9]"
+    # Eq. 21: the ESS at alpha is the target 0.5 G, or alpha is the endpoint closest to it
+    log_q = scope["log_q"]
+    ess = {a: apo.effective_sample_size(log_q, log_p.detach(), a).mean().item() / 4 for a in (alpha, 0.35, 0.9)}
+    assert abs(ess[alpha] - 0.5) < 1e-3 or (
+        alpha in (0.35, 0.9) and abs(ess[alpha] - 0.5) == min(abs(ess[0.35] - 0.5), abs(ess[0.9] - 0.5))
+    )
     assert loss.item() >= 0.0 and logp.grad is not None and bool(logp.grad.isfinite().all())
     assert torch.allclose(q.sum(-1), torch.ones(2)) and torch.allclose(log_p.exp().sum(-1), torch.ones(2))
     # the gradient is Theorem 4.1's: grad_u D = -(1/a) (w - p * sum w), w = q^a p^(1-a), u = logp / tau

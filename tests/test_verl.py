@@ -204,6 +204,9 @@ def test_group_loss_equals_library_loss_and_gradient(micro):
     torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-9, atol=1e-12)
     assert all(m["apo/alpha"].values == pytest.approx([0.37], abs=1e-14) for m in metrics)  # the configured alpha
+    if micro == G:  # group 1 has no reward variance: its micro-batch has no ESS over signal groups, and all else
+        assert [("apo/ess_signal" in m) for m in metrics] == [b != 1 for b in range(B)]
+        assert all("apo/divergence" in m and "apo/weight_var" in m for m in metrics)
 
 
 def test_adpo_group_loss_equals_library():

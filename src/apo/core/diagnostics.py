@@ -57,6 +57,11 @@ def weight_variance(log_q_BG: Tensor, log_p_BG: Tensor, alpha: float) -> Tensor:
     return m2 - m1 * m1
 
 
+NAN_WHEN_UNDEFINED = frozenset({"apo/ess_signal"})
+"""Metrics of :func:`apo_metrics` taken over a subset of groups: NaN where the subset is empty. Integrations leave
+such a value out of their logs (it is undefined, not 0 or 1); every other metric is finite for finite inputs."""
+
+
 def apo_metrics(
     log_q_BG: Tensor,
     log_p_BG: Tensor,

@@ -133,6 +133,15 @@ def _log_ess(s_XG: Tensor) -> Tensor:
     return 2.0 * torch.logsumexp(s_XG, -1) - torch.logsumexp(2.0 * s_XG, -1)
 
 
+def _check_log_target(log_q: Tensor) -> None:
+    """log q <= 0 always; a positive entry means q itself was passed (the ESS functions take log q)."""
+    if log_q.numel() and float(log_q.max()) > 1e-6:
+        raise ValueError(
+            f"log_q_BG has positive entries (max {float(log_q.max()):.4g}): pass log q "
+            "(apo.boltzmann_log_target), not q"
+        )
+
+
 def effective_sample_size(log_q_BG: Tensor, log_p_BG: Tensor, alpha: float) -> Tensor:
     """Effective sample size of the APO weights in each group (Eq. 21).
 
@@ -146,9 +155,12 @@ def effective_sample_size(log_q_BG: Tensor, log_p_BG: Tensor, alpha: float) -> T
         log_q_BG: ``[B, G]`` log target; log_p_BG: ``[B, G]`` log anchored policy; alpha in [0, 1].
     Returns:
         ``[B]`` ESS values (not differentiable: computed under ``no_grad``).
+    Raises:
+        ValueError: ``log_q_BG`` has a positive entry (``q`` was passed instead of ``log q``).
     """
     a = check_alpha(alpha)
     with torch.no_grad():
+        _check_log_target(log_q_BG)
         s_BG = a * log_q_BG + (1.0 - a) * log_p_BG
         return _log_ess(s_BG).exp()
 
@@ -191,7 +203,8 @@ def solve_ess_alpha(
     Returns:
         alpha as a Python float.
     Raises:
-        ValueError: bad interval or target, no group selected by ``signal_B``.
+        ValueError: bad interval or target, no group selected by ``signal_B``, a positive entry in ``log_q_BG``
+            (``q`` passed instead of ``log q``).
     """
     lo, hi = check_alpha(alpha_min), check_alpha(alpha_max)
     if lo > hi:
@@ -200,6 +213,7 @@ def solve_ess_alpha(
         raise ValueError(f"ess target fraction must be in (0, 1], got {target_fraction}")
     with torch.no_grad():
         log_q = log_q_BG.detach().double()
+        _check_log_target(log_q)
         log_p = log_p_BG.detach().double()
         if signal_B is not None:
             log_q, log_p = log_q[signal_B], log_p[signal_B]

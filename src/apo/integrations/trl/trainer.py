@@ -71,7 +71,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
-from apo.core.diagnostics import sequence_confidence, token_confidence
+from apo.core.diagnostics import NAN_WHEN_UNDEFINED, sequence_confidence, token_confidence
 from apo.core.divergence import anchored_log_policy
 from apo.core.groups import GroupIndex, make_groups
 from apo.core.objectives import get_objective
@@ -85,8 +85,7 @@ from .generation import generate_single_turn
 
 TESTED_TRL_VERSION = "1.16.0"
 SCHEDULE_STATE_FILE = "apo_alpha_schedule.json"
-NAN_WHEN_UNDEFINED = frozenset({"apo/ess_signal"})
-"""Metrics over a subset of groups (NaN where the subset is empty), averaged over the processes that define them."""
+
 
 if trl.__version__ != TESTED_TRL_VERSION:
     _msg = (

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from apo.core import boltzmann_log_target, get_objective, make_groups
+from apo.core.diagnostics import NAN_WHEN_UNDEFINED
 from apo.core.objectives import on_policy_advantages
 from apo.core.targets import check_finite
 
@@ -303,7 +304,7 @@ def _group_policy_loss(
             raise ValueError(f"the global mini-batch of {global_rows} rows is not a multiple of G={G}. {GROUP_HINT}")
         loss = loss * (num_groups * dp_size / (int(global_rows) // G))
     out = {k: float(v) for k, v in metrics.items()}
-    out = {k: v for k, v in out.items() if v == v}  # NaN: undefined here (apo/ess_signal without signal), left out
+    out = {k: v for k, v in out.items() if not (k in NAN_WHEN_UNDEFINED and math.isnan(v))}  # undefined: left out
     if name == "apo":
         out["apo/alpha"] = data.alpha  # the library reports it as a float32 tensor; this is the value used
     out["apo/groups"] = float(num_groups)
