@@ -3,6 +3,8 @@
 Trains APO for 4 optimizer steps with mini-batches, 2 epochs per rollout and gradient accumulation, and asserts at
 every loss call, on every process: whole groups of one prompt each, no group id present on two processes, old
 log-probs present, and the same alpha on every process. Writes ``rank<r>.json`` into ``$APO_TEST_RESULTS`` at the end.
+``APO_TEST_SCHEDULE=ess`` uses the ESS schedule (alpha from the whole rollout at its first step), else the guarded
+schedule with the token confidence (alpha from each step's first micro-batch).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class CheckedTrainer(apo.APOTrainer):
         self.checked = getattr(self, "checked", 0) + 1
         return loss
 
+    def _advance_alpha_at_rollout(self, rewards_BG):
+        self.rollout_groups = [*getattr(self, "rollout_groups", []), int(rewards_BG.shape[0])]
+        return super()._advance_alpha_at_rollout(rewards_BG)
+
 
 def main() -> None:
     torch.set_num_threads(1)
@@ -55,8 +61,11 @@ def main() -> None:
             "num_iterations": 2,
             "gradient_accumulation_steps": 2,
             "max_steps": 4,
-            "alpha_schedule": "guarded",
-            "confidence_source": "token",
+            **(
+                {"alpha_schedule": "ess"}
+                if os.environ.get("APO_TEST_SCHEDULE") == "ess"
+                else {"alpha_schedule": "guarded", "confidence_source": "token"}
+            ),
         }
     )
     trainer = CheckedTrainer(
@@ -73,6 +82,7 @@ def main() -> None:
         "checked": trainer.checked,
         "alphas": [h["apo/alpha"] for h in logs],
         "u_abs_max": [h["apo/u_abs_max"] for h in logs],
+        "rollout_groups": getattr(trainer, "rollout_groups", []),
     }
     assert trainer.checked == 8, trainer.checked
     # Each rank writes its own file: two processes printing to one pipe can interleave their lines.

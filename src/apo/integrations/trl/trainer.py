@@ -32,7 +32,11 @@ Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
     ``ess`` schedules and for ``guarded`` with ``confidence_source="anchored"`` (whose c_t is then exactly 0);
     the ``sequence`` and ``token`` confidences need the policy's log-probs or entropies, which the rollout does not
     compute, and take the next path. When a step spans several rollouts (``steps_per_generation <
-    gradient_accumulation_steps``), its first rollout stands for the step.
+    gradient_accumulation_steps``), its first rollout stands for the step. When one rollout feeds several optimizer
+    steps (``steps_per_generation > gradient_accumulation_steps`` or ``num_iterations > 1``), its first step uses
+    the whole rollout, including groups that later steps train on, and the later steps their first micro-batch:
+    the guarded schedule's mean rewards then average different numbers of groups from step to step (the same
+    expectation, different noise, which its running reward scale s_R absorbs).
   - the **first micro-batch** of the step otherwise (later optimizer steps on one rollout, where u != 0), its
     groups gathered over processes (``accelerator.gather``): the statistics of later micro-batches are not known
     when the first one's gradient is taken.
