@@ -129,8 +129,8 @@ def compare(
 
     Raises:
         ConfigError: an unknown preset (listing the valid ones), a malformed variant, an invalid override or
-            ``jobs`` / ``devices``, a repeated algorithm or seed, or a resumed run whose saved config differs from
-            the one requested.
+            ``jobs`` / ``devices``, a repeated algorithm or seed, or a run directory (finished or not) whose saved
+            config differs from the one requested.
         CompareError: a run failed in its own process.
     """
     if not algorithms or not seeds:
