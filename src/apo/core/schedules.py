@@ -205,31 +205,27 @@ class ESSAlpha:
 SCHEDULES: dict[str, Callable[..., Any]] = {"fixed": FixedAlpha, "guarded": GuardedAlpha, "ess": ESSAlpha}
 
 
-def schedule_params(
-    name: str,
-    *,
-    alpha: float,
-    alpha_min: float,
-    alpha_max: float,
-    alpha_ema: float,
-    baseline_ema: float,
-    reward_scale: float,
-    ess_target: float,
-) -> dict[str, Any]:
-    """The keyword arguments of :func:`make_alpha_schedule` for schedule ``name``, from a config's flat settings
-    (``alpha_ema`` = rho, ``baseline_ema`` = lambda, ``reward_scale`` = s_R, ``ess_target`` = gamma)."""
+def schedule_params(settings: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`make_alpha_schedule` for ``settings.alpha_schedule``, from a config object's
+    flat settings of the same names (``apo.APOConfig``, the verl ``APOPolicyLossConfig``): ``alpha``, ``alpha_min``,
+    ``alpha_max``, ``alpha_ema`` = rho, ``baseline_ema`` = lambda, ``reward_scale`` = s_R, ``ess_target`` = gamma."""
+    name = settings.alpha_schedule
     if name == "fixed":
-        return {"alpha": alpha}
+        return {"alpha": settings.alpha}
     if name == "guarded":
         return {
-            "alpha_min": alpha_min,
-            "alpha_max": alpha_max,
-            "rho": alpha_ema,
-            "lam": baseline_ema,
-            "reward_scale": reward_scale,
+            "alpha_min": settings.alpha_min,
+            "alpha_max": settings.alpha_max,
+            "rho": settings.alpha_ema,
+            "lam": settings.baseline_ema,
+            "reward_scale": settings.reward_scale,
         }
     if name == "ess":
-        return {"alpha_min": alpha_min, "alpha_max": alpha_max, "target_fraction": ess_target}
+        return {
+            "alpha_min": settings.alpha_min,
+            "alpha_max": settings.alpha_max,
+            "target_fraction": settings.ess_target,
+        }
     raise ValueError(f"unknown alpha schedule {name!r} (setting `alpha_schedule`); valid: {sorted(SCHEDULES)}")
 
 

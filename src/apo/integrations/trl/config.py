@@ -154,16 +154,7 @@ class APOConfig(GRPOConfig):
 
     def schedule_params(self) -> dict:
         """Keyword arguments of :func:`apo.make_alpha_schedule` for ``alpha_schedule``."""
-        return schedule_params(
-            self.alpha_schedule,
-            alpha=self.alpha,
-            alpha_min=self.alpha_min,
-            alpha_max=self.alpha_max,
-            alpha_ema=self.alpha_ema,
-            baseline_ema=self.baseline_ema,
-            reward_scale=self.reward_scale,
-            ess_target=self.ess_target,
-        )
+        return schedule_params(self)
 
     def _check_apo_fields(self) -> None:
         def choice(name, valid):

@@ -86,16 +86,7 @@ class APOPolicyLossConfig(PolicyLossConfig):
 
     def schedule_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`apo.core.make_alpha_schedule` for ``alpha_schedule``."""
-        return schedule_params(
-            self.alpha_schedule,
-            alpha=self.alpha,
-            alpha_min=self.alpha_min,
-            alpha_max=self.alpha_max,
-            alpha_ema=self.alpha_ema,
-            baseline_ema=self.baseline_ema,
-            reward_scale=self.reward_scale,
-            ess_target=self.ess_target,
-        )
+        return schedule_params(self)
 
     def make_schedule(self):
         return make_alpha_schedule(self.alpha_schedule, **self.schedule_params())
