@@ -173,11 +173,12 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop metric lines past ``last_step`` (they belong to steps the resumed run will redo)."""
+def _truncate_metrics(path: Path, last_step: int) -> float:
+    """Drop metric lines past ``last_step`` (they belong to steps the resumed run will redo); returns the
+    ``wall_time_s`` of the last line kept (0 without one): the time the resumed run had spent on its kept steps."""
     if not path.exists():
-        return
-    keep = []
+        return 0.0
+    keep, carried = [], 0.0
     for ln in path.read_text().splitlines():
         try:
             row = json.loads(ln)
@@ -185,17 +186,11 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
             continue
         if row.get("step", 0) <= last_step:
             keep.append(ln)
+            carried = float(row.get("wall_time_s", 0.0))
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
-
-
-def _carried_wall_time(path: Path) -> float:
-    """``wall_time_s`` of the last line of ``metrics.jsonl`` (0 without one): the time a resumed run had spent."""
-    if not path.exists():
-        return 0.0
-    lines = path.read_text().splitlines()
-    return float(json.loads(lines[-1]).get("wall_time_s", 0.0)) if lines else 0.0
+    return carried
 
 
 def _callbacks(run_dir: Path, max_steps: int, wall_time_s):
@@ -275,8 +270,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         if diff:
             raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
         checkpoint = last_checkpoint(run_dir)
-        _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
-        carried = _carried_wall_time(run_dir / "metrics.jsonl")
+        carried = _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     else:
         leftovers = [
             p.name for p in (run_dir / "metrics.jsonl", saved_cfg, run_dir / "eval_before.json") if p.exists()
