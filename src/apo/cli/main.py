@@ -93,11 +93,12 @@ def yaml_set(text: str, updates: dict) -> str:
 
 def cmd_compare(args) -> int:
     from apo.cli.compare import compare
+    from apo.cli.presets import expand_sweep
 
     path, pairs = _split_config_and_overrides(args.items)
     out = compare(
         path,
-        [a for a in args.algorithms.split(",") if a],
+        expand_sweep([a for a in args.algorithms.split(",") if a], args.sweep or []),
         [int(s) for s in args.seeds.split(",") if s],
         pairs,
         out_dir=args.out,
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--algorithms", default="apo-ess,apo-fixed,apo-guarded,gspo,adpo,grpo")
     m.add_argument("--seeds", default="0,1,2")
     m.add_argument("--out", default=None, help="output folder (default: runs/compare-<config>)")
+    m.add_argument(
+        "--sweep",
+        action="append",
+        metavar="KEY=V1,V2,...",
+        help="run every algorithm once per value of KEY, as the variants ALGORITHM@KEY=V (repeatable: the product), "
+        "e.g. --sweep updates_per_rollout=1,4,16; adds sweep-KEY.png (held-out reward against KEY)",
+    )
     m.add_argument(
         "--jobs",
         type=int,

@@ -2,7 +2,7 @@
 no TRL import.
 
 :func:`plot_run` draws one run; :func:`write_comparison` draws several runs grouped by preset (``apo compare``,
-``apo plot``).
+``apo plot``), and one ``sweep-<key>.png`` per key swept over variants (``apo compare --sweep``).
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = 
       (``None``: never);
     - ``final_entropy``: mean token entropy (TRL's ``entropy``) over the last ``ceil(10%)`` of logged steps;
     - ``wall_time_s``: ``summary.json``'s wall time (training, evaluations, checkpoints);
-    - ``steps``: optimizer steps logged.
+    - ``steps``: optimizer steps logged;
+    - the stability numbers of :func:`stability_stats` (``final_train_reward``, ``drop_from_peak``, ``collapsed``).
     """
     rows = read_metrics(run_dir)
     pts = [(r["step"], r["reward"]) for r in rows if "reward" in r]
@@ -193,6 +194,31 @@ def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = 
         "final_entropy": sum(tail) / len(tail) if tail else None,
         "wall_time_s": summary["wall_time_s"] if summary else None,
         "steps": len(rows),
+        **stability_stats(rows, window=window),
+    }
+
+
+def stability_stats(rows: list[dict], *, window: int = SMOOTH_WINDOW) -> dict:
+    """Whether a run held on to what it learned, from its ``metrics.jsonl`` rows (``rewards`` logged: ``reward``).
+
+    With ``s_1 .. s_n`` the trailing ``window``-point moving average of the logged training rewards (one per
+    rollout: every ``k`` steps when a rollout feeds ``k`` optimizer steps):
+
+    - ``peak_train_reward = max_t s_t``; ``final_train_reward = s_n``;
+    - ``drop_from_peak = max_t s_t - s_n`` (>= 0; what the run lost after its best point);
+    - ``collapsed``: ``s_n < s_w``, the end below the average of the first ``w = min(window, n)`` logged rewards
+      (the run ended worse than it started); ``None`` without rewards.
+    """
+    ys = [r["reward"] for r in rows if "reward" in r]
+    if not ys:
+        return {"peak_train_reward": None, "final_train_reward": None, "drop_from_peak": None, "collapsed": None}
+    smooth = moving_average(ys, window)
+    start = smooth[min(window, len(ys)) - 1]
+    return {
+        "peak_train_reward": max(smooth),
+        "final_train_reward": smooth[-1],
+        "drop_from_peak": max(smooth) - smooth[-1],
+        "collapsed": smooth[-1] < start,
     }
 
 
@@ -202,9 +228,13 @@ TABLE_COLUMNS = (
     ("best_train_reward", "best training reward", 3),
     ("steps_to_threshold", "steps to threshold", 0),
     ("final_entropy", "final token entropy", 3),
+    ("final_train_reward", "final training reward", 3),
+    ("drop_from_peak", "drop from peak", 3),
+    ("collapsed", "collapsed", None),
     ("wall_time_s", "wall time (s)", 0),
 )
-"""``(key of run_stats, column title, decimals)`` of ``table.md``."""
+"""``(key of run_stats, column title, decimals)`` of ``table.md``; ``None`` decimals: a yes/no column, shown as
+"k of n" runs."""
 
 
 def comparison_table(
@@ -217,8 +247,12 @@ def comparison_table(
     for label, runs in group_runs(run_dirs).items():
         stats = [run_stats(r, window=window, threshold=threshold) for r in runs]
         cols = {}
-        for key, _, _ in TABLE_COLUMNS:
+        for key, _, decimals in TABLE_COLUMNS:
             values = [s[key] for s in stats]
+            if decimals is None:  # yes/no: a count
+                known = [v for v in values if v is not None]
+                cols[key] = {"values": values, "count": sum(map(bool, known)), "n": len(known)}
+                continue
             m, hw, n = mean_ci([v for v in values if v is not None])
             cols[key] = {"values": values, "mean": _nan_none(m), "half_width": _nan_none(hw), "n": n}
         table["algorithms"].append(
@@ -231,7 +265,9 @@ def _nan_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _cell(col: dict, decimals: int, n_runs: int) -> str:
+def _cell(col: dict, decimals: int | None, n_runs: int) -> str:
+    if decimals is None:
+        return f"{col['count']} of {col['n']}" if col["n"] else "—"
     if col["mean"] is None:
         return "—"
     text = f"{col['mean']:.{decimals}f}"
@@ -261,6 +297,9 @@ def table_markdown(table: dict) -> str:
         f"Steps to threshold: the first optimizer step whose {w}-step smoothed training reward is ≥ {thr:g}, averaged "
         'over the runs that reach it ("k of n"); — when none does.',
         "Final token entropy: mean per-token entropy of the policy (TRL's `entropy`) over the last 10% of steps.",
+        f"Final training reward: the {w}-point smoothed training reward at the end; drop from peak: best training "
+        "reward minus that; collapsed: runs whose final smoothed training reward is below the average of their first "
+        f"{w} logged rewards. Training rewards are logged once per rollout.",
         "Wall time: summary.json's wall time of each run (training, checkpoints, both evaluations).",
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -315,7 +354,8 @@ def plot_alpha_curves(groups: dict[str, list[Path]], out: Path, *, window: int =
     p_theta entropy / log G (``apo/entropy``) and ``max |u|`` over the batch (``apo/u_abs_max``,
     ``u = l_theta - l_old``: 0 whenever the loss is evaluated at the rollout parameters) of the runs that log them
     (APO, and ADPO as its alpha = 1 case); token entropy (``entropy``) of every run. Mean over seeds with a 95%
-    t-interval band, unsmoothed except the token entropy (``window``-step average)."""
+    t-interval band, unsmoothed except the token entropy (``window``-step average); and of every run the off-policy
+    distance of the trainer (``offpolicy/kl_old``, ``offpolicy/seq_log_ratio_abs_max``: 0 on-policy)."""
     plt = _pyplot()
     colors = plt.get_cmap("tab10")
     color_of = {label: colors(i % 10) for i, label in enumerate(groups)}
@@ -326,8 +366,10 @@ def plot_alpha_curves(groups: dict[str, list[Path]], out: Path, *, window: int =
         ("apo/entropy", "p_theta entropy / log G", 1),
         ("apo/u_abs_max", "max |u| = max |l_theta - l_old|", 1),
         ("entropy", f"token entropy ({window}-step avg.)", window),
+        ("offpolicy/kl_old", "KL(pi_theta || pi_old) per token", 1),
+        ("offpolicy/seq_log_ratio_abs_max", "max |l_theta - l_old| (every algorithm)", 1),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.4))
     for ax, (key, title, w) in zip(axes.flat, panels, strict=True):
         drawn = [_band(ax, runs, key, w, label, color_of[label]) for label, runs in groups.items()]
         if not any(drawn):
@@ -340,6 +382,70 @@ def plot_alpha_curves(groups: dict[str, list[Path]], out: Path, *, window: int =
     fig.suptitle("APO schedule diagnostics: mean ± 95% t-interval over seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def variant_pairs(label: str) -> tuple[str, dict[str, str]]:
+    """``"apo-ess@updates_per_rollout=4@learning_rate=3e-4"`` -> ``("apo-ess", {"updates_per_rollout": "4",
+    "learning_rate": "3e-4"})`` (values as written)."""
+    base, *pairs = label.split("@")
+    return base, dict(pair.split("=", 1) for pair in pairs if "=" in pair)
+
+
+def swept_keys(labels: list[str]) -> list[str]:
+    """Variant keys that take at least two values over ``labels`` (``apo compare --sweep``), in first-seen order."""
+    values: dict[str, set[str]] = {}
+    for label in labels:
+        for key, value in variant_pairs(label)[1].items():
+            values.setdefault(key, set()).add(value)
+    return [k for k, v in values.items() if len(v) > 1]
+
+
+def _as_number(text: str) -> float:
+    import yaml
+
+    value = yaml.safe_load(text)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def plot_sweep(table: dict, key: str, out: Path) -> Path:
+    """``sweep-<key>.png``: per algorithm (the label without ``@key=...``), the held-out reward after training and
+    the drop of the smoothed training reward from its peak, against the swept ``key``: mean over seeds with the 95%
+    t-interval as error bars (from :func:`comparison_table`'s rows)."""
+    plt = _pyplot()
+    lines: dict[str, list[tuple[float, dict]]] = {}
+    for row in table["algorithms"]:
+        base, pairs = variant_pairs(row["algorithm"])
+        if key not in pairs:
+            continue
+        rest = "".join(f"@{k}={v}" for k, v in pairs.items() if k != key)
+        lines.setdefault(base + rest, []).append((_as_number(pairs[key]), row))
+    xs_all = [x for pts in lines.values() for x, _ in pts if x == x]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = plt.get_cmap("tab10")
+    panels = [("reward_after", "held-out reward after training"), ("drop_from_peak", "drop from peak (training)")]
+    for ax, (col, title) in zip(axes, panels, strict=True):
+        for i, (name, pts) in enumerate(lines.items()):
+            pts = sorted((x, r) for x, r in pts if x == x and r[col]["mean"] is not None)
+            if not pts:
+                continue
+            xs = [x for x, _ in pts]
+            ys = [r[col]["mean"] for _, r in pts]
+            err = [r[col]["half_width"] or 0.0 for _, r in pts]
+            off = 1.0 + 0.015 * (i - len(lines) / 2)  # spread the error bars of the lines sideways (log axis)
+            ax.errorbar([x * off for x in xs], ys, yerr=err, marker="o", ms=3.5, lw=1.2, capsize=3,
+                        color=colors(i % 10), label=name)  # fmt: skip
+        if xs_all and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 4:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(set(xs_all)), [f"{x:g}" for x in sorted(set(xs_all))])
+        ax.set_xlabel(key)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Against {key}: mean ± 95% t-interval over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
@@ -371,4 +477,6 @@ def write_comparison(
     (out / "table.md").write_text(table_markdown(table))
     plot_reward_curves(groups, out / "curves.png", window=window)
     plot_alpha_curves(groups, out / "alpha.png", window=window)
+    for key in swept_keys(list(groups)):
+        plot_sweep(table, key, out / f"sweep-{key}.png")
     return out

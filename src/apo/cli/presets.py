@@ -7,8 +7,23 @@ embedded default) and under the command-line ``key=value`` overrides. Values are
 ``s_R`` initialised to 0.5 and the anchored confidence ``c_t = 1 - H(p_theta) / log G`` of Eq. 19; GSPO with
 TRL's sequence-level ratio ``(pi_theta(y|x) / pi_old(y|x))^(1/|y|)`` clipped to ``[1 - 3e-4, 1 + 4e-4]``.
 
-Algorithms without an alpha (``gspo``, ``adpo``, ``grpo``) set ``alpha_schedule: fixed``, since the config rejects a
-schedule it would not use (the embedded default is ``ess``).
+Algorithms without an alpha (``gspo``, ``adpo``, ``grpo``, ...) set ``alpha_schedule: fixed``, since the config rejects
+a schedule it would not use (the embedded default is ``ess``).
+
+The baselines practitioners run off-policy, each through TRL's own loss of that name (values: their papers, or TRL's
+documented recommendation where the paper leaves it to the implementation):
+
+- ``dapo``: token-mean loss over the accumulated batch, clip-higher ``[1 - 0.2, 1 + 0.28]`` and overlong filtering
+  (``mask_truncated_completions``), DAPO paper Sec. 3 (its dynamic sampling has no TRL switch and is left out);
+- ``dr_grpo``: constant normaliser (``max_completion_length``) and no division of advantages by the group std
+  (``scale_rewards: none``), Dr. GRPO paper Sec. 3.2; clip 0.2 as GRPO;
+- ``cispo``: ``sg(min(ratio, eps_max)) * A * log pi`` with ``eps_max = 5.0``, MiniMax-M1 paper / TRL's documented
+  ScaleRL value;
+- ``sapo``: a soft, temperature-controlled gate in place of the clip, temperatures 1.0 (A > 0) / 1.05 (A <= 0),
+  SAPO paper and TRL's defaults.
+
+A variant or sweep key that the preset's algorithm does not read (``cispo@alpha=0.3``) is an error
+(:func:`check_keys_read`): it would otherwise label runs with a setting that changed nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +65,29 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "adpo": {"algorithm": "adpo", "alpha_schedule": "fixed", **_ANCHOR},
     "grpo": {"algorithm": "grpo", "alpha_schedule": "fixed", "loss_type": "grpo", "epsilon": 0.2},
+    "dapo": {
+        "algorithm": "dapo",
+        "alpha_schedule": "fixed",
+        "loss_type": "dapo",
+        "epsilon": 0.2,
+        "epsilon_high": 0.28,
+        "mask_truncated_completions": True,
+    },
+    "dr_grpo": {
+        "algorithm": "dr_grpo",
+        "alpha_schedule": "fixed",
+        "loss_type": "dr_grpo",
+        "epsilon": 0.2,
+        "scale_rewards": "none",
+    },
+    "cispo": {"algorithm": "cispo", "alpha_schedule": "fixed", "loss_type": "cispo", "epsilon_high": 5.0},
+    "sapo": {
+        "algorithm": "sapo",
+        "alpha_schedule": "fixed",
+        "loss_type": "sapo",
+        "sapo_temperature_pos": 1.0,
+        "sapo_temperature_neg": 1.05,
+    },
 }
 """Preset name -> config overrides."""
 
@@ -75,13 +113,83 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
     return base, parse_overrides(pairs)
 
 
+_APO_ONLY = (
+    "alpha_schedule",
+    "alpha",
+    "alpha_min",
+    "alpha_max",
+    "alpha_ema",
+    "baseline_ema",
+    "reward_scale",
+    "ess_target",
+    "weight_clip_min",
+    "weight_clip_max",
+    "confidence_source",
+)
+_GROUP_ONLY = ("tau_anchor", "beta_reward", "reward_eps", "sequence_score")
+_RATIO = ("loss_type", "importance_sampling_level", "epsilon", "epsilon_high", "delta", "scale_rewards")
+_SAPO = ("sapo_temperature_pos", "sapo_temperature_neg")
+KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
+    **{key: ("apo",) for key in _APO_ONLY},
+    **{key: ("apo", "adpo") for key in _GROUP_ONLY},
+    **{key: ("grpo", "gspo", "dapo", "dr_grpo", "cispo", "sapo") for key in _RATIO},
+    **{key: ("sapo", "grpo") for key in _SAPO},  # grpo takes any TRL loss_type, sapo's included
+    "delta": ("grpo", "gspo", "dapo", "dr_grpo"),  # INTELLECT-2's upper bound on the clipped ratio losses
+}
+"""Keys that only some algorithms read -> those algorithms (every other key is read by all)."""
+
+
+def check_keys_read(algorithm: str, keys: Any, where: str) -> None:
+    """Raise if any of ``keys`` is not read by ``algorithm`` (:data:`KEYS_READ_ONLY_BY`); ``where`` names the
+    setting's source in the message (``"variant 'cispo@alpha=0.3'"``).
+
+    Raises:
+        ConfigError: ``alpha_schedule``/``alpha``/... on an algorithm other than ``apo``, ``tau_anchor`` on a
+            TRL-run algorithm, ``epsilon`` on ``apo``, ...
+    """
+    ignored = sorted(k for k in keys if k in KEYS_READ_ONLY_BY and algorithm not in KEYS_READ_ONLY_BY[k])
+    if ignored:
+        readers = "; ".join(f"{k} is read by {'/'.join(KEYS_READ_ONLY_BY[k])}" for k in ignored)
+        raise ConfigError(f"{where}: algorithm {algorithm!r} ignores {', '.join(ignored)} ({readers}): drop it")
+
+
+def expand_sweep(algorithms: list[str], sweep: list[str]) -> list[str]:
+    """``--sweep KEY=V1,V2,...``: every name in ``algorithms`` becomes one variant per value,
+    ``NAME@KEY=V1``, ``NAME@KEY=V2``, ... (several sweeps: their product, in the order given). The values are YAML
+    scalars, as on the command line: ``--sweep updates_per_rollout=1,4,16``.
+
+    Raises:
+        ConfigError: a sweep not written ``KEY=V1[,V2...]``, a key swept twice, or a key also set by a variant.
+    """
+    names = list(algorithms)
+    seen: set[str] = set()
+    for item in sweep:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        parts = [v.strip() for v in values.split(",")]
+        if not sep or not key or not all(parts):
+            raise ConfigError(f"--sweep {item!r}: write KEY=V1,V2,... (e.g. --sweep updates_per_rollout=1,4,16)")
+        if key in seen:
+            raise ConfigError(f"--sweep sweeps {key} twice: give all its values in one --sweep {key}=V1,V2,...")
+        seen.add(key)
+        for name in names:
+            if key in split_variant(name)[1]:
+                raise ConfigError(
+                    f"{key} is both swept (--sweep) and set by the variant {name!r}: set it in one place"
+                )
+        names = [f"{name}{VARIANT_SEP}{key}={v}" for name in names for v in parts]
+    return names
+
+
 def preset(name: str) -> dict[str, Any]:
     """A copy of the overrides of preset ``name``; ``PRESET@key=value[@key=value ...]`` names a variant of a preset
     (for ablations: ``apo-fixed@alpha=0.35``), whose pairs (YAML values, as on the command line) override the
     preset's. The whole name labels its runs (``apo-fixed@alpha=0.35-seed0``).
 
     Raises:
-        ConfigError (a ``ValueError``): as :func:`split_variant`.
+        ConfigError (a ``ValueError``): as :func:`split_variant`, or a variant key that the preset's algorithm
+            does not read (:func:`check_keys_read`).
     """
     base, pairs = split_variant(name)
+    check_keys_read(PRESETS[base]["algorithm"], pairs, f"variant {name!r}")
     return {**PRESETS[base], **pairs}

@@ -332,8 +332,10 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             reward_after=after["reward"],
             reward_gain=after["reward"] - before["reward"],
         )
+    from apo.cli.plots import plot_run, read_metrics, stability_stats
+
+    summary.update(stability_stats(read_metrics(run_dir)))
     _write_json(run_dir / "summary.json", summary)
-    from apo.cli.plots import plot_run
 
     plot_run(run_dir)
     return run_dir

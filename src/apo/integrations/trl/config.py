@@ -6,11 +6,18 @@ construction, naming the settings to change. Defaults are the paper's (Sec. 7 "C
 
 Departures from TRL's ``GRPOConfig`` defaults:
 
-- ``loss_type``, ``importance_sampling_level``, ``epsilon`` default to ``None`` = "the algorithm's value":
-  ``grpo`` -> ``loss_type="grpo"`` (the GRPO paper's per-sequence mean; TRL's default is ``"dapo"``), token-level
-  ratios, ``epsilon=0.2``; ``gspo`` -> ``loss_type="grpo"``, ``importance_sampling_level="sequence"``,
-  ``epsilon=3e-4``, ``epsilon_high=4e-4`` (the GSPO paper's settings) unless set explicitly. ``apo`` / ``adpo`` do
-  not read them.
+- ``loss_type``, ``importance_sampling_level``, ``epsilon`` (and ``epsilon_high``) default to ``None`` = "the
+  algorithm's value" (:data:`TRL_ALGORITHMS`): ``grpo`` -> ``loss_type="grpo"`` (the GRPO paper's per-sequence
+  mean; TRL's default is ``"dapo"``), token-level ratios, ``epsilon=0.2``; ``gspo`` -> ``loss_type="grpo"``,
+  ``importance_sampling_level="sequence"``, ``epsilon=3e-4``, ``epsilon_high=4e-4`` (the GSPO paper's settings);
+  ``dapo``, ``dr_grpo``, ``cispo``, ``sapo`` -> TRL's loss of that name with its paper's clip range, unless set
+  explicitly. ``grpo`` takes any other TRL ``loss_type`` (``bnpo``, ``luspo``, ...); the named algorithms reject a
+  different one. ``apo`` / ``adpo`` do not read them.
+- ``updates_per_rollout = k`` is the off-policy knob: ``steps_per_generation = k * gradient_accumulation_steps``
+  (TRL's own mini-batching of a rollout), with groups whole in every mini-batch; ``num_iterations`` (TRL's) repeats
+  each rollout's mini-batches (epochs). A rollout lag (generation by a policy ``d`` steps old, as asynchronous
+  pipelines do) is not offered: TRL 1.16 generates synchronously with the current weights, and a lag would need a
+  second copy of the policy; mini-batches already train on rollouts 0 .. k - 1 steps stale.
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
@@ -32,8 +39,24 @@ from apo.core.schedules import schedule_params
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS = ("apo", "adpo", "gspo", "grpo")
 GROUP_ALGORITHMS = ("apo", "adpo")
+TRL_ALGORITHMS: dict[str, dict] = {
+    "grpo": {"loss_type": "grpo", "importance_sampling_level": "token", "epsilon": 0.2},
+    "gspo": {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4},
+    "dapo": {"loss_type": "dapo", "importance_sampling_level": "token", "epsilon": 0.2, "epsilon_high": 0.28},
+    "dr_grpo": {"loss_type": "dr_grpo", "importance_sampling_level": "token", "epsilon": 0.2},
+    "cispo": {"loss_type": "cispo", "importance_sampling_level": "token", "epsilon": 0.2, "epsilon_high": 5.0},
+    "sapo": {"loss_type": "sapo", "importance_sampling_level": "token", "epsilon": 0.2},
+}
+"""Algorithms that run TRL's own ``_compute_loss``: the ``loss_type``, ratio level and clip range each implies when
+left unset (``None``). Sources: GRPO (DeepSeekMath; ``loss_type="grpo"`` is its per-sequence mean), GSPO paper v2
+Sec. 5.1 (3e-4 / 4e-4, sequence-level ratio), DAPO paper (clip-higher 0.2 / 0.28, token-mean loss), Dr. GRPO paper
+(constant normaliser), CISPO: MiniMax-M1 paper, with TRL's documented ScaleRL value ``epsilon_high = 5.0`` (the
+only clip CISPO reads), SAPO paper (its temperatures are TRL's defaults, ``sapo_temperature_pos = 1.0``,
+``sapo_temperature_neg = 1.05``; no clip). Settings that are not ``None`` by default in TRL
+(``scale_rewards`` for Dr. GRPO, ``mask_truncated_completions`` for DAPO) are set by the ``apo compare`` presets
+(:mod:`apo.cli.presets`), not here."""
+ALGORITHMS = GROUP_ALGORITHMS + tuple(TRL_ALGORITHMS)
 ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
 SEQUENCE_SCORES = ("sum", "mean")
 CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
@@ -44,7 +67,8 @@ class APOConfig(GRPOConfig):
     r"""Configuration of :class:`apo.APOTrainer`: every ``GRPOConfig`` field plus the APO settings below.
 
     ``algorithm`` picks the objective: ``apo`` (alpha-divergence to the Boltzmann target over each candidate set,
-    Eq. 7), ``adpo`` (ADPO-Softmax, APO's alpha = 1 gradient), or the peers ``grpo`` / ``gspo``, which run TRL's own
+    Eq. 7), ``adpo`` (ADPO-Softmax, APO's alpha = 1 gradient), or the peers in :data:`TRL_ALGORITHMS` (``grpo``,
+    ``gspo``, ``dapo``, ``dr_grpo``, ``cispo``, ``sapo``), which run TRL's own
     loss unchanged. ``apo`` and ``adpo`` need whole groups in every micro-batch:
     ``per_device_train_batch_size % num_generations == 0``, whatever ``steps_per_generation``, ``num_iterations``,
     gradient accumulation and world size (the trainer shuffles whole groups; see :mod:`apo.integrations.trl.trainer`).
@@ -59,7 +83,7 @@ class APOConfig(GRPOConfig):
     """
 
     algorithm: str = field(
-        default="apo", metadata={"help": f"Objective: one of {ALGORITHMS} (grpo/gspo run TRL's own loss)."}
+        default="apo", metadata={"help": f"Objective: one of {ALGORITHMS} (all but apo/adpo run TRL's own loss)."}
     )
     alpha_schedule: str = field(
         default="fixed",
@@ -100,6 +124,14 @@ class APOConfig(GRPOConfig):
             "(entropy of softmax of per-token-mean log-probs over each group) or 'token' (next-token entropy)."
         },
     )
+    updates_per_rollout: int | None = field(
+        default=None,
+        metadata={
+            "help": "Optimizer steps fed by each rollout (PPO-style mini-batches of whole groups): sets "
+            "steps_per_generation = updates_per_rollout x gradient_accumulation_steps. None: TRL's "
+            "steps_per_generation (default: one step per rollout). Epochs over a rollout: num_iterations."
+        },
+    )
     # --- fast generation hook (apo.integrations.trl.generation) ---
     fast_generation: bool = field(
         default=False,
@@ -108,40 +140,94 @@ class APOConfig(GRPOConfig):
     # --- end of fast generation hook ---
     # GRPOConfig fields whose default depends on `algorithm` (None = the algorithm's value; see the module docstring).
     loss_type: str | None = field(
-        default=None, metadata={"help": "TRL loss aggregation for grpo/gspo; None = 'grpo'. Unused by apo/adpo."}
+        default=None,
+        metadata={
+            "help": "TRL loss of TRL-run algorithms; None = the algorithm's (TRL_ALGORITHMS). Unused by apo/adpo."
+        },
     )
     importance_sampling_level: str | None = field(
-        default=None, metadata={"help": "TRL ratio level; None = 'sequence' for gspo, 'token' otherwise."}
+        default=None,
+        metadata={"help": "TRL ratio level of TRL-run algorithms; None = 'sequence' for gspo, else 'token'."},
     )
     epsilon: float | None = field(
-        default=None, metadata={"help": "Lower clip range of grpo/gspo; None = 0.2 (grpo) or 3e-4 (gspo)."}
+        default=None,
+        metadata={"help": "Lower clip range of TRL-run algorithms; None = the algorithm's (0.2; 3e-4 for gspo)."},
     )
 
     def __post_init__(self):
         self._check_apo_fields()
+        self._apply_updates_per_rollout()
         algo = self.algorithm
-        if algo == "gspo":
-            if self.importance_sampling_level not in (None, "sequence"):
+        if algo in TRL_ALGORITHMS:
+            implied = TRL_ALGORITHMS[algo]
+            level = implied["importance_sampling_level"]
+            if self.importance_sampling_level not in (None, level):
+                other = "gspo" if self.importance_sampling_level == "sequence" else "grpo"
                 raise ValueError(
-                    f"algorithm='gspo' uses sequence-level ratios, but importance_sampling_level="
-                    f"{self.importance_sampling_level!r}; leave it unset or use algorithm='grpo'"
+                    f"algorithm={algo!r} uses {level}-level ratios, but importance_sampling_level="
+                    f"{self.importance_sampling_level!r}; leave it unset or use algorithm={other!r}"
                 )
-            self.importance_sampling_level = "sequence"
-            if self.loss_type not in (None, "grpo"):
-                logger.warning("algorithm='gspo' with loss_type=%r: the GSPO paper's setup is 'grpo'", self.loss_type)
-            self.epsilon = 3e-4 if self.epsilon is None else self.epsilon
-            self.epsilon_high = 4e-4 if self.epsilon_high is None else self.epsilon_high
-        elif algo == "grpo" and self.importance_sampling_level == "sequence":
-            raise ValueError(
-                "algorithm='grpo' with importance_sampling_level='sequence' is GSPO: set algorithm='gspo' instead"
-            )
-        self.loss_type = "grpo" if self.loss_type is None else self.loss_type
-        self.importance_sampling_level = self.importance_sampling_level or "token"
-        self.epsilon = 0.2 if self.epsilon is None else self.epsilon
+            if algo != "grpo" and self.loss_type not in (None, implied["loss_type"]):
+                raise ValueError(
+                    f"algorithm={algo!r} is TRL's loss_type={implied['loss_type']!r}, but "
+                    f"loss_type={self.loss_type!r}; "
+                    "leave loss_type unset, or use algorithm='grpo' with any TRL loss_type"
+                )
+            for key, value in implied.items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        else:
+            self.loss_type = "grpo" if self.loss_type is None else self.loss_type
+            self.importance_sampling_level = self.importance_sampling_level or "token"
+            self.epsilon = 0.2 if self.epsilon is None else self.epsilon
         if algo in GROUP_ALGORITHMS:
             self._check_group_objective_settings()
             self._check_whole_groups()
         super().__post_init__()
+
+    @property
+    def optimizer_steps_per_rollout(self) -> int:
+        """Optimizer steps each rollout feeds: ``steps_per_generation / gradient_accumulation_steps`` mini-batch steps
+        per pass, times ``num_iterations`` passes (at least 1: a step may also span several rollouts)."""
+        per_pass = max(1, self.steps_per_generation // self.gradient_accumulation_steps)
+        return per_pass * self.num_iterations
+
+    def _apply_updates_per_rollout(self) -> None:
+        """``updates_per_rollout = k`` -> ``steps_per_generation = k * gradient_accumulation_steps``: TRL generates
+        ``k`` optimizer steps' worth of completions at once and cuts them into ``k`` mini-batches of whole groups,
+        so the policy that takes step ``j`` (0-based) of a rollout is ``j`` optimizer steps newer than the one that
+        sampled it. ``num_iterations = m`` repeats the ``k`` mini-batches ``m`` times (epochs)."""
+        for name in ("num_iterations", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        k = self.updates_per_rollout
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ValueError(f"updates_per_rollout must be an integer >= 1 or None, got {k!r}")
+            want = k * self.gradient_accumulation_steps
+            if self.steps_per_generation not in (None, want):
+                raise ValueError(
+                    f"updates_per_rollout={k} means steps_per_generation={want} (k x gradient_accumulation_steps="
+                    f"{self.gradient_accumulation_steps}), but steps_per_generation={self.steps_per_generation}: "
+                    "set only one of them"
+                )
+            if self.generation_batch_size is not None:
+                raise ValueError(
+                    f"updates_per_rollout={k} sets the rollout size; unset generation_batch_size "
+                    f"({self.generation_batch_size})"
+                )
+            self.steps_per_generation = want
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        off_policy = self.num_iterations > 1 or spg > self.gradient_accumulation_steps
+        G = self.num_generations
+        if off_policy and G and self.per_device_train_batch_size % G != 0:
+            raise ValueError(
+                f"several optimizer steps per rollout (updates_per_rollout={k}, steps_per_generation={spg}, "
+                f"num_iterations={self.num_iterations}) need whole groups in every mini-batch: "
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
+                f"num_generations ({G})"
+            )
 
     @property
     def weight_clip(self) -> tuple[float, float] | None:

@@ -139,7 +139,7 @@ class APOTrainer(GRPOTrainer):
             raise TypeError(f"APOTrainer needs args=APOConfig(...), got {type(args).__name__}")
         super().__init__(*args_, args=args, **kwargs)
         self.algorithm = args.algorithm
-        self._objective = get_objective(args.algorithm)
+        self._objective = get_objective(args.algorithm) if args.algorithm in GROUP_ALGORITHMS else None
         self.alpha_schedule = (
             make_alpha_schedule(args.alpha_schedule, **args.schedule_params()) if args.algorithm == "apo" else None
         )
@@ -221,7 +221,7 @@ class APOTrainer(GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         if self.algorithm not in GROUP_ALGORITHMS:
-            return super()._compute_loss(model, inputs)
+            return self._compute_trl_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         G = self.num_generations if mode == "train" else self.num_generations_eval
         if "group_ids" not in inputs:
@@ -295,7 +295,72 @@ class APOTrainer(GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
         self._log_objective_metrics(mode, metrics, entropy_NT, mask_NT)
+        if mode == "train":
+            self._log_offpolicy_metrics(logp_NT, old_logp_NT, mask_NT)
         return loss
+
+    def _compute_trl_loss(self, model, inputs):
+        """TRL's own ``_compute_loss``, with the per-token log-probs it computes captured (not recomputed) for the
+        off-policy metrics of :meth:`_log_offpolicy_metrics`."""
+        captured: list[Tensor] = []
+        name = "_get_per_token_logps_and_entropies"
+        shadowed = self.__dict__.get(name)
+        inner = getattr(self, name)
+
+        def capture(*a, **kw):
+            out = inner(*a, **kw)
+            captured.append(out[0])
+            return out
+
+        setattr(self, name, capture)
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            if shadowed is None:
+                delattr(self, name)
+            else:
+                setattr(self, name, shadowed)
+        if self.model.training and captured:
+            logp_NT = captured[0]
+            old_logp_NT = inputs.get("old_per_token_logps")
+            mask_NT = (
+                inputs["completion_mask"]
+                if "tool_mask" not in inputs
+                else inputs["completion_mask"] * inputs["tool_mask"]
+            )
+            self._log_offpolicy_metrics(logp_NT, logp_NT if old_logp_NT is None else old_logp_NT, mask_NT)
+        return loss
+
+    @torch.no_grad()
+    def _log_offpolicy_metrics(self, logp_NT: Tensor, old_logp_NT: Tensor, mask_NT: Tensor) -> None:
+        """How far the policy has moved from the one that sampled the micro-batch, for every algorithm.
+
+        With token ratios ``r_t = pi_theta(y_t | .) / pi_old(y_t | .)`` over the completion tokens (``mask_NT``) and
+        sequence log-ratios ``d_i = sum_t log r_t = l_theta(y_i) - l_old(y_i)`` (``d = tau_anc * u`` for APO):
+
+        - ``offpolicy/kl_old``: ``mean_t (r_t log r_t - r_t + 1)``, an unbiased, non-negative per-token estimate of
+          ``KL(pi_theta || pi_old)`` from samples of ``pi_old`` (``E_old[r log r] = KL(pi_theta || pi_old)`` and
+          ``E_old[r - 1] = 0``); 0 when the policy has not moved;
+        - ``offpolicy/seq_log_ratio_abs_max`` / ``_abs_mean``: ``max_i |d_i|`` / ``mean_i |d_i|``;
+        - ``offpolicy/staleness``: optimizer steps taken since the rollout was sampled (0 on-policy).
+
+        Token sums and counts are reduced over processes (the maximum for ``_max``)."""
+        m = mask_NT.to(torch.float64)
+        log_r_NT = (logp_NT.detach().double() - old_logp_NT.detach().double()) * m
+        r_NT = log_r_NT.exp()
+        kl_sum = ((r_NT * log_r_NT - r_NT + 1.0) * m).sum()
+        d_N = log_r_NT.sum(-1).abs()
+        totals = torch.stack(
+            [kl_sum, m.sum(), d_N.sum(), torch.tensor(float(d_N.numel()), dtype=torch.float64, device=m.device)]
+        )
+        totals = self.accelerator.reduce(totals.to(self.accelerator.device), reduction="sum")
+        d_max = self.accelerator.reduce(d_N.max().reshape(1).to(self.accelerator.device), reduction="max")
+        metrics = self._metrics["train"]
+        metrics["offpolicy/kl_old"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        metrics["offpolicy/seq_log_ratio_abs_mean"].append((totals[2] / totals[3].clamp(min=1.0)).item())
+        metrics["offpolicy/seq_log_ratio_abs_max"].append(d_max.item())
+        if self._generated_at_step is not None:
+            metrics["offpolicy/staleness"].append(float(self.state.global_step - self._generated_at_step))
 
     @property
     def _alpha_from_rollout(self) -> bool:
