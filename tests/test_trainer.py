@@ -420,6 +420,9 @@ def test_missing_old_logps_after_a_step_raise(make_trainer):
 
 def test_logged_alpha_is_the_scheduled_alpha(make_trainer):
     trainer = make_trainer(alpha_schedule="guarded", confidence_source="sequence", max_steps=3)
+    # one earlier step at mean reward 0 sets the baseline to 0 (the first step of a run is never a gain, b_0 = R_1),
+    # so the first training step's positive mean reward is a gain and alpha moves off alpha_max
+    assert trainer.alpha_schedule.step(0.0, 1.0) == 0.9
     produced = []
     update = trainer.alpha_schedule.update
     trainer.alpha_schedule.update = lambda **kw: produced.append(update(**kw)) or produced[-1]

@@ -102,7 +102,7 @@ class APOConfig(GRPOConfig):
         default=0.1, metadata={"help": "lambda in (0, 1]: EMA rate of the guarded reward baseline (Eq. 20)."}
     )
     reward_scale: float = field(
-        default=0.5, metadata={"help": "Initial s_R > 0 of the guarded schedule, then the running reward std."}
+        default=0.5, metadata={"help": "Initial s_R > 0 of the guarded schedule, then the pooled std of rewards."}
     )
     ess_target: float = field(
         default=0.5, metadata={"help": "gamma in (0, 1]: the 'ess' schedule targets mean ESS = gamma * G (Eq. 21)."}

@@ -52,7 +52,7 @@ class APOPolicyLossConfig(PolicyLossConfig):
     baseline_ema: float = 0.1
     """lambda of Eq. 20 (``guarded``): rate of the EMA reward baseline."""
     reward_scale: float = 0.5
-    """Initial s_R of Eq. 20 (``guarded``); afterwards the running std of the step mean rewards."""
+    """s_R of Eq. 20 (``guarded``) until measured; then the pooled std of the individual rewards of past rollouts."""
     ess_target: float = 0.5
     """gamma of Eq. 21 (``ess``): target ESS as a fraction of the group size."""
     tau_anchor: float = 1.0
