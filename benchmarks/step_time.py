@@ -21,6 +21,13 @@ small character set decode to ``<tN>`` fillers.
 
     python benchmarks/step_time.py --shape tiny --device cpu                     # CPU, about 5 minutes on 2 cores
     python benchmarks/step_time.py --shape qwen3-1.7b --completions 64 --max-tokens 256 --steps 3 --warmup 1
+
+Off-policy (``--updates-per-rollout k``): each rollout feeds ``k`` optimizer steps (``updates_per_rollout``; stock TRL:
+``steps_per_generation = k x gradient accumulation``); the "train" column then is the cost of an off-policy
+optimizer step, where the policy has moved since the rollout (old log-probs are computed at the rollout):
+
+    python benchmarks/step_time.py --shape tiny --variants grpo,apo --updates-per-rollout 4 --warmup 4 --steps 16 \
+        --rounds 3 --threads 1
 """
 
 from __future__ import annotations
@@ -137,11 +144,13 @@ def run_variant(variant: str, opts, tokenizer, dataset, device: torch.device, dt
     )
     if not opts.checkpointing:
         common["gradient_checkpointing"] = False
+    k = opts.updates_per_rollout
     if variant == "stock":
-        args, cls = GRPOConfig(**common), GRPOTrainer
+        args, cls = GRPOConfig(**common, steps_per_generation=k * common["gradient_accumulation_steps"]), GRPOTrainer
     else:
         algorithm, _, fast = variant.partition("-")
-        args, cls = APOConfig(**common, algorithm=algorithm, fast_generation=bool(fast)), APOTrainer
+        args = APOConfig(**common, algorithm=algorithm, fast_generation=bool(fast), updates_per_rollout=k)
+        cls = APOTrainer
 
     steps, gen_in_step, peak_rss = [], [0.0], [0]
     lengths: set[int] = set()
@@ -249,6 +258,7 @@ def summarize(results: dict[str, list[dict]], opts) -> list[str]:
         f"speed-up stock / apo (s/step):      {ratio('stock', 'apo')}",
         f"apo-fast / grpo-fast (s/step):      {ratio('apo-fast', 'grpo-fast')}   (target <= 1.02)",
         f"apo / grpo (s/step):                {ratio('apo', 'grpo')}",
+        f"apo / grpo (train s, no generation): {ratio('apo', 'grpo', 2)}   (target <= 1.05 off-policy)",
         f"generation stock / apo-fast:        {ratio('stock', 'apo-fast', 1)}",
         f"peak memory apo-fast / stock:       {ratio('apo-fast', 'stock', 3)}   (target <= 1)",
     ]
@@ -270,6 +280,13 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
     p.add_argument(
         "--no-checkpointing", dest="checkpointing", action="store_false", help="activation checkpointing off"
+    )
+    p.add_argument(
+        "--updates-per-rollout",
+        type=int,
+        default=1,
+        help="optimizer steps per rollout (k > 1: off-policy mini-batches; generation every k steps, so use "
+        "--warmup and --steps that are multiples of k)",
     )
     p.add_argument("--compile-on-cpu", action="store_true", help="fast variants compile (inductor) on CPU too")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
