@@ -297,7 +297,8 @@ def _last_marker(text: str) -> tuple[int, str] | None:
 
 def marker_answer(line: str) -> str:
     """The answer in the rest of a final-answer line: the box in its first sentence if any, else that sentence
-    without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow it (``42 apples`` -> 42)."""
+    without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow
+    it (``42 apples`` -> 42)."""
     end = _SENTENCE_END_RE.search(line)
     if end:
         line = line[: end.start()]
