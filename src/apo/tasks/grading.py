@@ -272,7 +272,8 @@ def trailing_group(text: str) -> str | None:
 _MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
 _WRAPPERS_RE = re.compile(r"\*\*|\\\(|\\\)|\\\[|\\\]|\\\$|\$")
-_LEADING_NUMBER_RE = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?:\s+[A-Za-z].*|\s*\(.*)$")
+_LEADING_NUMBER_RE = re.compile(r"(-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)(?:,?\s+[A-Za-z].*|\s*\(.*)$")
+_LEADING_MATH_RE = re.compile(r"[\s:*]*(?:\$\$([^$]+)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\])")
 
 
 def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
@@ -299,6 +300,10 @@ def marker_answer(line: str) -> str:
     """The answer in the rest of a final-answer line: the box in its first sentence if any, else that sentence
     without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow
     it (``42 apples`` -> 42)."""
+    line = line.replace("\\$", "")  # a currency sign, not a math delimiter
+    math = _LEADING_MATH_RE.match(line)
+    if math:  # "$x^2 - 1$, which factors": the answer is the math span
+        line = next(g for g in math.groups() if g is not None)
     end = _SENTENCE_END_RE.search(line)
     if end:
         line = line[: end.start()]
