@@ -17,6 +17,7 @@ killable grader machinery, 5 s per case) against the hand labels; a positive is 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import random
 import statistics
@@ -141,6 +142,8 @@ def bench_corpus() -> None:
     print(f"corpus: {len(corpus)} cases, {sum(labels):.0f} labelled 1")
     print(f"shipped grader (math_reward): {_metrics(labels, shipped)}; slowest case {slowest[0]:.2f} s ({slowest[1]})")
     print(f"math-verify alone:            {_metrics(labels, alone)}; {n_timeouts} cases ran over 5 s or failed")
+    by_tag = collections.Counter(c.tag.split("/")[0] for c, a in zip(corpus, alone, strict=True) if a != c.expected)
+    print(f"math-verify alone, mismatches by tag: {dict(by_tag.most_common())}")
     for c, s in zip(corpus, shipped, strict=True):
         if s != c.expected:
             print(
