@@ -256,6 +256,31 @@ def test_a_verification_that_runs_over_scores_zero_and_the_grader_recovers(caplo
     assert math_reward(["\\boxed{1+x^2}"], answer=["x^2+1"]) == [1.0]
 
 
+TRAINER_SCORES: list = []
+
+
+def tower_math_reward(completions, answer, prompts, **kwargs):
+    """math_reward on the trainer's completions plus a power tower and an expression that needs math-verify."""
+    extra = ["\\boxed{10^{10^{10}}}", "\\boxed{1+x^2}"]
+    out = math_reward(
+        list(completions) + extra, answer=list(answer) + ["5", "x^2+1"], prompts=list(prompts) + ["", ""]
+    )
+    TRAINER_SCORES.append(out[-2:])
+    return out[: len(completions)]
+
+
+def test_math_reward_is_bounded_inside_the_trainer(make_trainer):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(8)], "answer": [str(2 * i) for i in range(8)]})
+    TRAINER_SCORES.clear()
+    trainer = make_trainer(reward_funcs=tower_math_reward, dataset=ds, max_steps=1)
+    t0 = time.perf_counter()
+    trainer.train()
+    assert time.perf_counter() - t0 < 120
+    assert TRAINER_SCORES and all(s == [0.0, 1.0] for s in TRAINER_SCORES)
+
+
 _ORPHAN_SCRIPT = """
 import os, sys, time
 from apo.tasks.bounded import grader_pids

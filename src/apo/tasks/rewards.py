@@ -179,6 +179,7 @@ def math_reward(
 
     Raises:
         ValueError: neither column, a length mismatch, a bad ``answer_format`` or ``timeout_s``.
+        RuntimeError: the grader process cannot start (``safe_reward`` turns this into 0.0 scores).
     """
     check_answer_format(answer_format)
     fmt = answer_format or "auto"
