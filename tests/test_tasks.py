@@ -204,6 +204,15 @@ def test_answer_formats():
     assert load_reward("math", answer_format="boxed").__name__ == "math_reward"
 
 
+def test_size_guards():
+    from apo.tasks.grading import too_large
+
+    for expr in ("2**2**40", "2^{2^{40}}", "10^{10^{10}}", "2^{200000}", "100000!", "9" * 1001, "x+" * 600, "(" * 51):
+        assert too_large(expr), expr
+    for expr in ("2^{10}", "x^{2}", "2^{100000}", "e^{x^2}", "2^{2^{2}}", "(x+1)^2", "10^{-3}", "9" * 1000):
+        assert too_large(expr) is None, expr
+
+
 def test_extraction_is_linear_time():
     for text in ("123," * 25_000, "\\boxed{" * 20_000, "1/" * 50_000, "(" * 100_000, "\\frac{" * 20_000):
         t0 = time.perf_counter()

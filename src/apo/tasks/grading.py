@@ -40,6 +40,7 @@ Every regular expression here runs in linear time: no nested quantifiers, no bac
 from __future__ import annotations
 
 import functools
+import math
 import re
 from fractions import Fraction
 
@@ -417,11 +418,20 @@ def too_large(expr: str) -> str | None:
 _LOG10_MAX_EXPONENT = len(str(MAX_EXPONENT)) - 1  # 5
 
 
-def _exponent_log10(expr: str, i: int) -> float:
-    """log10 of the value of the exponent starting at ``expr[i]`` when it is numeric (a number or a numeric power
-    tower), else 0."""
-    import math
+_EXPONENT_TOKEN_RE = re.compile(r"-?\d+|[A-Za-z]")
+_INTEGER_RE = re.compile(r"-?(\d+)")
+_NUMERIC_POWER_RE = re.compile(r"(\d+)\s*(?:\^|\*\*)")
 
+
+def _log10_int(digits: str) -> float:
+    digits = digits.lstrip("0") or "0"
+    head = int(digits[:15]) or 1
+    return len(digits) - len(str(head)) + math.log10(head) if len(digits) > 15 else math.log10(head)
+
+
+def _exponent_log10(expr: str, i: int) -> float:
+    """log10 of the value of the exponent that starts at ``expr[i]`` when it is numeric (a number, or a numeric power
+    tower: ``{10^{10}}``, ``2**40`` after ``2**``), else 0."""
     while i < len(expr) and expr[i] == " ":
         i += 1
     if i < len(expr) and expr[i] in "{(":
@@ -435,28 +445,20 @@ def _exponent_log10(expr: str, i: int) -> float:
                 if depth == 0:
                     break
             j += 1
-        body = expr[i + 1 : j]
+        body, j = expr[i + 1 : j].strip(), j + 1
     else:
-        m = re.compile(r"-?\d+|[A-Za-z]").match(expr, i)
-        body = m.group() if m else ""
-        j = m.end() if m else i
-    body = body.strip()
-    m = re.fullmatch(r"-?(\d+)", body)
+        m = _EXPONENT_TOKEN_RE.match(expr, i)
+        body, j = (m.group(), m.end()) if m else ("", i)
+    rest = expr[j:].lstrip()
+    if _INTEGER_RE.fullmatch(body) and rest.startswith(("**", "^")):  # a right-associative tower: 2**2**40
+        body = body + rest
+    m = _INTEGER_RE.fullmatch(body)
     if m:
-        digits = m.group(1).lstrip("0") or "0"
-        return len(digits) - 1 + math.log10(int(digits[:15]) / 10 ** (min(len(digits), 15) - 1) or 1)
-    m = re.match(r"(\d+)\s*(?:\^|\*\*)", body)
+        return _log10_int(m.group(1))
+    m = _NUMERIC_POWER_RE.match(body)
     if m:  # a numeric power inside the exponent: log10(b^e) = e * log10(b)
-        base = int(m.group(1)[:15]) or 1
         inner = _exponent_log10(body, m.end())
-        if inner > 15:
-            return math.inf
-        return 10**inner * math.log10(max(base, 2))
-    # A plain-text tower 2**2**40: the exponent token is followed by another power.
-    rest = expr[j:].lstrip() if j < len(expr) else ""
-    if body.isdigit() and (rest.startswith("**") or rest.startswith("^")):
-        inner = _exponent_log10(rest, 2 if rest.startswith("**") else 1)
-        return math.inf if inner > 15 else 10**inner * math.log10(max(int(body[:15]), 2))
+        return math.inf if inner > 15 else 10**inner * math.log10(max(int(m.group(1)[:15]), 2))
     return 0.0
 
 
