@@ -7,11 +7,13 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import time
 
 import pytest
 
 from apo.tasks.arithmetic import ArithmeticTask, all_problems, format_problem, generate, split_of
+from apo.tasks.bounded import bounded_map
 from apo.tasks.rewards import (
     arithmetic_reward,
     extract_answer,
@@ -138,6 +140,12 @@ def test_arithmetic_reward():
     assert arithmetic_reward(conversational, answer=["95", "95"]) == [1.0, 0.0]
     with pytest.raises(ValueError, match="answer"):
         arithmetic_reward(["95"])
+    # A decimal is not its integer part; a number too long for int() scores 0, the rest of the batch is scored.
+    big = "9" * 5000
+    assert arithmetic_reward(["122.9", "122.0", big, "122."], answer=["122"] * 4) == [0.0, 1.0, 0.0, 1.0]
+    # Thinking: the answer after </think>; an unclosed <think> earns nothing.
+    assert arithmetic_reward(["<think>7</think>95", "<think>95"], answer=["95", "95"]) == [1.0, 0.0]
+    assert arithmetic_reward(["37+58=95"], answer=["95"], answer_format="final") == [1.0]
 
 
 def test_math_reward_extraction_and_equivalence():
@@ -162,6 +170,175 @@ def test_math_reward_extraction_and_equivalence():
     assert extract_answer("first 5, then 7.5") == "7.5"
     with pytest.raises(ValueError, match="solution"):
         math_reward(["1"])
+    with pytest.raises(ValueError, match="answer_format='latex'"):
+        math_reward(["1"], answer=["1"], answer_format="latex")
+
+
+def test_math_reward_fixed_false_negatives_and_positives():
+    prompt = "What is 59 + 63?"
+    cases = [
+        ("The total is 15 (3 apples and 12 oranges).", "15", 1.0),  # parenthesis after the answer
+        ("so the answer is \\frac{3}{4}", "\\frac{3}{4}", 1.0),  # unboxed fraction, not its denominator
+        ("so the ratio is \\frac{1}{2}", "0.5", 1.0),  # gold 0.5 vs an unboxed 1/2
+        ("\\boxed{}", "", 0.0),  # an empty gold answer never gives credit
+        ("\\boxed{59 + 63}", "122", 0.0),  # the question restated
+        ("<think>\\n59 + 63 = 122, so 122, hmm", "122", 0.0),  # a truncated trace
+        ("<think>\\n59 + 63 = 121?\\n</think>\\nThe answer is 122.", "122", 1.0),
+    ]
+    out = math_reward([c for c, _, _ in cases], answer=[g for _, g, _ in cases], prompts=[prompt] * len(cases))
+    assert out == [r for _, _, r in cases]
+
+
+def test_answer_formats():
+    text = "The answer is 6. Later: \\boxed{7}"
+    assert extract_answer(text, "boxed") == "7"
+    assert extract_answer(text, "final") == "6"
+    assert extract_answer(text, "auto") == "7"
+    assert extract_answer("\\boxed{7} Wait, no. The answer is 6.", "auto") == "6"
+    assert extract_answer("59 + 63 = 122", "boxed") is None
+    assert extract_answer("59 + 63 = 122", "final") == "122"
+    assert extract_answer("#### 1,234", "final") == "1,234"
+    assert math_reward(["The answer is 5."], answer=["5"], answer_format="boxed") == [0.0]
+    assert load_reward("math", answer_format="boxed")(["The answer is 5."], answer=["5"]) == [0.0]
+    assert load_reward("math", answer_format="final")(["The answer is 5."], answer=["5"]) == [1.0]
+    assert load_reward("math", answer_format="boxed").__name__ == "math_reward"
+
+
+def test_size_guards():
+    from apo.tasks.grading import too_large
+
+    for expr in ("2**2**40", "2^{2^{40}}", "10^{10^{10}}", "2^{200000}", "100000!", "9" * 1001, "x+" * 600, "(" * 51):
+        assert too_large(expr), expr
+    for expr in ("2^{10}", "x^{2}", "2^{100000}", "e^{x^2}", "2^{2^{2}}", "(x+1)^2", "10^{-3}", "9" * 1000):
+        assert too_large(expr) is None, expr
+
+
+def test_extraction_is_linear_time():
+    for text in ("123," * 25_000, "\\boxed{" * 20_000, "1/" * 50_000, "(" * 100_000, "\\frac{" * 20_000):
+        t0 = time.perf_counter()
+        for fmt in ("boxed", "final", "auto"):
+            extract_answer(text, fmt)
+        assert time.perf_counter() - t0 < 1.0, text[:20]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# bounded time
+
+
+def _score_tower(_=None):
+    t0 = time.perf_counter()
+    out = math_reward(["\\boxed{10^{10^{10}}}", "\\boxed{2^{2^{40}}}", "\\boxed{1+x^2}"], answer=["5", "5", "x^2+1"])
+    return out, time.perf_counter() - t0
+
+
+def test_math_reward_is_bounded_directly_and_from_a_thread(caplog):
+    with caplog.at_level(logging.WARNING, logger="apo.tasks.rewards"):
+        out, elapsed = _score_tower()
+    assert out == [0.0, 0.0, 1.0] and elapsed < 30
+    assert caplog.text.count("too large to verify") == 1  # one warning for the call
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for out, elapsed in pool.map(_score_tower, range(2)):
+            assert out == [0.0, 0.0, 1.0] and elapsed < 30
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_math_reward_is_bounded_in_a_forked_or_spawned_process(method):
+    import multiprocessing as mp
+
+    with mp.get_context(method).Pool(1) as pool:
+        out, elapsed = pool.apply(_score_tower)
+    assert out == [0.0, 0.0, 1.0] and elapsed < 60
+
+
+def test_a_verification_that_runs_over_scores_zero_and_the_grader_recovers(caplog):
+    # A hanging item costs its own timeout; the rest of the batch goes to a fresh grader process.
+    t0 = time.perf_counter()
+    out = bounded_map("time:sleep", [(0,), (60,), (0,)], timeout_s=1.0)
+    assert time.perf_counter() - t0 < 30
+    assert [ok for ok, _ in out] == [True, False, True] and "timed out after 1.0 s" in out[1][1]
+    # Inside math_reward: a time limit too short for math-verify scores 0 with a warning, never hangs.
+    with caplog.at_level(logging.WARNING, logger="apo.tasks.rewards"):
+        assert math_reward(["\\boxed{\\sin^2 x + \\cos^2 x}"], answer=["1"], timeout_s=1e-4) == [0.0]
+    assert "timed out" in caplog.text
+    assert math_reward(["\\boxed{1+x^2}"], answer=["x^2+1"]) == [1.0]
+
+
+TRAINER_SCORES: list = []
+
+
+def tower_math_reward(completions, answer, prompts, **kwargs):
+    """math_reward on the trainer's completions plus a power tower and an expression that needs math-verify."""
+    extra = ["\\boxed{10^{10^{10}}}", "\\boxed{1+x^2}"]
+    out = math_reward(
+        list(completions) + extra, answer=list(answer) + ["5", "x^2+1"], prompts=list(prompts) + ["", ""]
+    )
+    TRAINER_SCORES.append(out[-2:])
+    return out[: len(completions)]
+
+
+def test_math_reward_is_bounded_inside_the_trainer(make_trainer):
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(8)], "answer": [str(2 * i) for i in range(8)]})
+    TRAINER_SCORES.clear()
+    trainer = make_trainer(reward_funcs=tower_math_reward, dataset=ds, max_steps=1)
+    t0 = time.perf_counter()
+    trainer.train()
+    assert time.perf_counter() - t0 < 120
+    assert TRAINER_SCORES and all(s == [0.0, 1.0] for s in TRAINER_SCORES)
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from apo.tasks.bounded import grader_pids
+from apo.tasks.rewards import math_reward, safe_reward
+wrapped = safe_reward(math_reward, timeout_s=30.0)
+assert wrapped(["\\\\boxed{1+x^2}"], answer=["x^2+1"]) == [1.0]
+assert math_reward(["\\\\boxed{1+x^2}"], answer=["x^2+1"]) == [1.0]
+print(wrapped.pid, *grader_pids().values(), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\\nState:\\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_no_orphan_worker_after_the_parent_is_killed():
+    import signal
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(p) for p in pids)  # the reward worker and the grader process
+        pids += _children(pids[0])  # the grader process the reward worker started
+        assert len(pids) == 3
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 5
+        while any(_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in pids)
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 def test_reasoning_gym_reward_is_binary():
@@ -171,6 +348,18 @@ def test_reasoning_gym_reward_is_binary():
     answers = ds["answer"]
     completions = [f"Answer: {answers[0]}", f"\\boxed{{{answers[1]}}}", f"{answers[2]}0", "I don't know"]
     assert reasoning_gym_reward(completions, rg_entry=ds["rg_entry"]) == [1.0, 1.0, 0.0, 0.0]
+
+
+def no_kwargs_reward(completions, answer):
+    return [1.0] * len(completions)
+
+
+def column_reward(completions, difficulty, **kwargs):
+    return [1.0] * len(completions)
+
+
+def positional_reward(completions, /, **kwargs):
+    return [1.0] * len(completions)
 
 
 def test_load_reward():
@@ -185,13 +374,31 @@ def test_load_reward():
         load_reward("no_such_module_xyz:f")
 
 
+def test_load_reward_rejects_what_trl_cannot_call():
+    def check(spec, match, **kw):
+        with pytest.raises(ValueError, match=match) as e:
+            load_reward(spec, **kw)
+        assert "\\n" not in str(e.value)  # one line
+
+    check("test_tasks:no_kwargs_reward", r"reward='test_tasks:no_kwargs_reward'.*add \*\*kwargs")
+    check("test_tasks:positional_reward", "positional-only")
+    check("test_tasks:column_reward", r"needs the columns \['difficulty'\]", columns=["prompt", "answer"])
+    assert load_reward("test_tasks:column_reward", columns=["prompt", "difficulty"]) is column_reward
+    check(lambda completions: [1.0], "add \\*\\*kwargs")
+    check("test_tasks:no_kwargs_reward", "answer_format=", answer_format="fancy")
+    check("apo.tasks.rewards:safe_reward", "has no .completions. parameter")
+    check("test_tasks:column_reward", "takes no answer_format", answer_format="auto")
+    check("math", "timeout_s=0", timeout_s=0)
+    check("arithmetic", "takes no timeout_s", timeout_s=3)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # safe_reward
 
 
 def test_safe_reward_inline_catches_raise_and_nan(caplog):
     wrapped = safe_reward(raising_reward, timeout_s=None)
-    with caplog.at_level(logging.WARNING, logger="apo.tasks.rewards"):
+    with caplog.at_level(logging.WARNING, logger="apo.tasks.bounded"):
         assert wrapped(["a", "b"]) == [0.0, 0.0]
     assert "raising_reward" in caplog.text and "RuntimeError: boom" in caplog.text
     wrapped = safe_reward(nan_reward, timeout_s=None)
@@ -203,7 +410,7 @@ def test_safe_reward_worker_raise_hang_nan(caplog):
     metrics = {}
     wrapped = safe_reward(hanging_reward, timeout_s=1.0)
     try:
-        with caplog.at_level(logging.WARNING, logger="apo.tasks.rewards"):
+        with caplog.at_level(logging.WARNING, logger="apo.tasks.bounded"):
             t0 = time.perf_counter()
             out = wrapped(["a", "hang", "b"], log_metric=metrics.__setitem__, trainer_state=object())
             elapsed = time.perf_counter() - t0
@@ -250,9 +457,9 @@ def test_safe_reward_passes_columns_and_math_reward():
         assert wrapped(["1", "2", "3"], answer=["1", "0", "3"]) == [1.0, 0.0, 1.0]
     finally:
         wrapped.close()
-    wrapped = safe_reward(math_reward, timeout_s=5.0)
-    try:
-        assert wrapped(["\\boxed{122}", "59 + 63"], answer=["122", "122"]) == [1.0, 0.0]
+    wrapped = safe_reward(math_reward, timeout_s=30.0)
+    try:  # math-verify's grader process started from the (daemonic) worker
+        assert wrapped(["\\boxed{122}", "59 + 63", "\\boxed{1+x^2}"], answer=["122", "122", "x^2+1"]) == [1, 0, 1]
     finally:
         wrapped.close()
 

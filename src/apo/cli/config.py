@@ -51,6 +51,11 @@ def _run_fields():
             f(None, "Reward: arithmetic | math | reasoning-gym | 'module:function'; None: the task's."),
         ),
         (
+            "answer_format",
+            typing.Literal["boxed", "final", "auto"] | None,
+            f(None, "Answer extraction of math/reasoning-gym rewards: boxed | final | auto; None: the reward's."),
+        ),
+        (
             "reward_timeout",
             float | None,
             f(10.0, "Seconds a reward may take per completion (None: no limit)."),
@@ -114,7 +119,7 @@ def _type_ok(value: Any, tp: Any) -> bool:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return (getattr(tp, "__name__", None) if isinstance(tp, type) else None) or str(tp).replace("typing.", "")
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def load_reward_fn(cfg):
     from apo.tasks.datasets import default_reward
     from apo.tasks.rewards import load_reward, safe_reward
 
-    fn = load_reward(cfg.reward or default_reward(cfg.task))
+    fn = load_reward(cfg.reward or default_reward(cfg.task), answer_format=cfg.answer_format)
     return safe_reward(fn, timeout_s=cfg.reward_timeout)
 
 

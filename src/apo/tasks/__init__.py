@@ -2,7 +2,9 @@
 
 - ``apo.tasks.arithmetic``: generated arithmetic problems with a fixed train / held-out split.
 - ``apo.tasks.datasets``: ``load_task`` (arith, reasoning-gym generators, MATH-style files or hub ids).
-- ``apo.tasks.rewards``: TRL reward functions, ``safe_reward``, ``load_reward``.
+- ``apo.tasks.rewards``: TRL reward functions (bounded in time), ``safe_reward``, ``load_reward``.
+- ``apo.tasks.grading``: answer extraction (``answer_format``: boxed | final | auto) and equivalence.
+- ``apo.tasks.bounded``: the grader process with a time limit, ``safe_reward``'s worker; children die with the parent.
 - ``apo.tasks.tiny``: the tiny arithmetic Llama and its tokenizer; ``prepare_tiny_arith``.
 - ``apo.tasks.models``: ``resolve_model`` (``tiny-arith``, ``smollm2``, a folder, a hub id) and ``load_smollm2``.
 

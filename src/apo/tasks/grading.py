@@ -1,0 +1,594 @@
+"""Grading: what a completion answers (extraction) and whether it equals the gold answer (equivalence).
+
+Pure functions of strings, no processes and no clocks; :mod:`apo.tasks.bounded` keeps them within a time limit and
+:mod:`apo.tasks.rewards` turns them into TRL reward functions.
+
+Extraction (``extract_answer(text, answer_format)``), in order:
+
+1. Thinking: the text after the last ``</think>`` is graded; a ``<think>`` that is never closed (a trace cut off by
+   ``max_completion_length``) yields no answer at all, whatever number it happens to end on.
+2. ``answer_format``:
+
+   - ``"boxed"``: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; nothing else counts.
+     The strict form the paper's binary rule-based reward implies.
+   - ``"final"``: what follows the last final-answer marker (``####``, ``answer is``, ``answer:``, ``final answer``)
+     on its line, else the last number of the text (GSM8K style).
+   - ``"auto"``: whichever of the last box and the last marker comes later, else the last number: what a careful
+     human grader reads as the answer.
+
+   The last number (``last_number``) is an integer, a decimal, ``a/b``, ``\\frac{a}{b}`` (also ``\\dfrac``,
+   ``\\tfrac``, ``\\frac12``) or a mixed number ``2\\frac{1}{2}``; thousands separators (``1,234``, ``1\\!234``,
+   ``1{,}234``) are removed; a parenthesis right after the answer (``15 (3 + 12)``) and a check after it
+   (``= 36. Check: 6*6=36``) are not read as the answer.
+
+Equivalence (``quick_equal`` then ``math_equal``):
+
+- an empty gold answer never gives credit; an answer that is ``too_large`` scores 0 without reaching sympy;
+- equal after removing LaTeX spacing (``\\,``, ``\\!``, ``\\left``/``\\right``, ``$``, ``\\dfrac`` -> ``\\frac``) ->
+  equal; two plain numbers (``parse_number``) compare exactly as rationals (``0.5 == \\frac{1}{2}``,
+  ``1/3 != 0.333``);
+- otherwise math-verify (``parse`` + ``verify``, its own timeouts off because they use ``signal.alarm``), falling
+  back to string equality when either side does not parse. math-verify accepts ``x=5`` for ``5``, ``50\\%`` for
+  ``50``, ``30^\\circ`` for ``30``, units and ``\\text{}``, set order, intervals, ``\\pi``.
+
+A restated question earns nothing (``restates``): an answer that contains an operator and appears verbatim (spacing
+aside) in the prompt, unless it is the gold answer itself.
+
+Every regular expression here runs in linear time: no nested quantifiers, no back-tracking over an unbounded run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from fractions import Fraction
+
+ANSWER_FORMATS = ("boxed", "final", "auto")
+"""Valid ``answer_format`` values; ``None`` means the reward's default."""
+
+MAX_ANSWER_CHARS = 1000
+"""An extracted answer (or gold answer) longer than this is too large to verify."""
+MAX_DIGITS = 1000
+"""A number with more digits than this is too large to verify (Python's int/str limit is 4,300)."""
+MAX_EXPONENT = 100_000
+"""A power whose exponent exceeds this (``10^{10^{10}}``, ``2^{200000}``) is too large to verify."""
+MAX_NESTING = 50
+"""Brackets nested deeper than this are too large to verify."""
+
+# -- completion text --------------------------------------------------------------------------------------------------
+
+
+def completion_text(completion) -> str:
+    """The text of one completion: the string itself, or the concatenated ``content`` of the messages of a
+    conversational completion (a list of ``{"role", "content"}`` dicts; only ``assistant`` messages if any)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, dict):
+        completion = [completion]
+    if isinstance(completion, (list, tuple)):
+        msgs = [m for m in completion if isinstance(m, dict)]
+        assistant = [m for m in msgs if m.get("role") == "assistant"] or msgs
+        return "".join(_content_text(m.get("content", "")) for m in assistant)
+    raise TypeError(f"completion of type {type(completion).__name__}: expected a string or a list of messages")
+
+
+def prompt_text(prompt) -> str:
+    """The text of one prompt: the string itself, or the ``content`` of all its messages joined by newlines."""
+    if prompt is None:
+        return ""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict):
+        prompt = [prompt]
+    if isinstance(prompt, (list, tuple)):
+        return "\n".join(_content_text(m.get("content", "")) for m in prompt if isinstance(m, dict))
+    return str(prompt)
+
+
+def _content_text(content) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}, ...]
+        return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+    return "" if content is None else str(content)
+
+
+def after_thinking(text: str) -> str | None:
+    """The part of ``text`` a grader reads: after the last ``</think>``; the whole text when there is no thinking;
+    None when a ``<think>`` is never closed (a truncated trace)."""
+    close = text.rfind("</think>")
+    if close >= 0:
+        text = text[close + len("</think>") :]
+    return None if "<think>" in text else text
+
+
+# -- boxes ---------------------------------------------------------------------------------------------------------
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces matched, or None.
+
+    One forward pass (linear in ``len(text)``): every box opening is pushed on a stack of open braces and the last box
+    to close wins; an unclosed box is skipped."""
+    span = _last_boxed_span(text)
+    return None if span is None else text[span[0] : span[1]]
+
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
+
+
+def _last_boxed_span(text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the content of the box whose opening comes last among the closed boxes."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return None
+    stack: list[int] = []  # content start of a box, or -1 for a plain brace
+    best = None
+    for m in _BOX_RE.finditer(text):
+        tok = m.group()
+        if tok == "}":
+            if stack:
+                start = stack.pop()
+                if start >= 0 and (best is None or start > best[0]):
+                    best = (start, m.start())
+        elif tok == "{":
+            stack.append(-1)
+        else:
+            stack.append(m.end())
+    return best
+
+
+# -- numbers ----------------------------------------------------------------------------------------------------------
+
+_FRAC = r"\\[dt]?frac\s*(?:\{\s*(-?\s*\d[\d,.]*)\s*\}\s*\{\s*(-?\s*\d[\d,.]*)\s*\}|(\d)\s*(\d))"
+_NUMBER_SCAN_RE = re.compile(_FRAC + r"|\d[\d,.]*(?:/\d+)?")
+_THOUSANDS_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_PLAIN_RE = re.compile(r"\d+(?:\.\d+)?")
+_SEPARATOR_RE = re.compile(r"\\!|\{,\}|(?<=\d)\\,(?=\d{3})")
+
+
+def _split_token(tok: str) -> list[str]:
+    """A run of digits, commas and dots as the numbers it holds: ``"1,234.5"`` -> ``["1234.5"]``, ``"1,2,3"`` ->
+    ``["1", "2", "3"]``, ``"36."`` -> ``["36"]``."""
+    tok = tok.rstrip(",.")
+    if "," in tok:
+        if _THOUSANDS_RE.fullmatch(tok):
+            return [tok.replace(",", "")]
+        return [x for part in tok.split(",") if part for x in _split_token(part)]
+    if tok.count(".") > 1:
+        return [p for p in tok.split(".") if p]
+    return [tok] if tok else []
+
+
+def _numbers(text: str) -> list[tuple[int, str]]:
+    """``(position, number)`` for every number of ``text``, in order; numbers as strings (``"-12.5"``, ``"3/4"``,
+    ``"\\frac{1}{2}"``, ``"2\\frac{1}{2}"``). A ``-`` counts as a sign unless it follows a digit, letter or ``)``."""
+    out: list[tuple[int, int, str]] = []  # (start, end, number)
+    for m in _NUMBER_SCAN_RE.finditer(text):
+        start = m.start()
+        sign = ""
+        if start > 0 and text[start - 1] in "-−":
+            if start < 2 or not (text[start - 2].isalnum() or text[start - 2] in ")}"):
+                sign = "-"
+        if m.group().startswith("\\"):
+            num, den = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
+            frac = f"\\frac{{{num.replace(' ', '')}}}{{{den.replace(' ', '')}}}"
+            if out and out[-1][1] >= start - 1 and text[out[-1][1] : start].strip() == "" and out[-1][2].isdigit():
+                out[-1] = (out[-1][0], m.end(), out[-1][2] + frac)  # mixed number 2\\frac{1}{2}
+            else:
+                out.append((start - len(sign), m.end(), sign + frac))
+            continue
+        tok, frac = m.group(), ""
+        if "/" in tok:
+            tok, _, den = tok.partition("/")
+            frac = "/" + den
+        parts = _split_token(tok)
+        for k, part in enumerate(parts):
+            s = (sign if k == 0 else "") + part + (frac if k == len(parts) - 1 else "")
+            out.append((start - (len(sign) if k == 0 else 0), m.end(), s))
+    return [(a, s) for a, _, s in out]
+
+
+def first_integer(text: str) -> int | None:
+    """The first integer in ``text`` (``"1,234"`` counts as 1234), or None; None too when the first number is not an
+    integer (``"122.9"``) or has more than ``MAX_DIGITS`` digits."""
+    nums = _numbers(text)
+    if not nums:
+        return None
+    s = nums[0][1]
+    if not re.fullmatch(r"-?\d+", s) or len(s) > MAX_DIGITS:
+        return None
+    return int(s)
+
+
+def first_number(text: str) -> str | None:
+    """The first number of ``text`` as a string (see ``_numbers``), or None."""
+    nums = _numbers(text)
+    return nums[0][1] if nums else None
+
+
+_CHECK_RE = re.compile(r"\b(?:check|checking|verify|verification|verifying|sanity check)\b\s*[:,.]?", re.IGNORECASE)
+
+
+def last_number(text: str) -> str | None:
+    """The last number of ``text`` (an integer, decimal, ``a/b``, ``\\frac{a}{b}`` or mixed number; thousands
+    separators removed), or None. Numbers in a check after the answer (``= 36. Check: 6*6=36``) and in a parenthesis
+    right after a number (``15 (3 apples and 12 oranges)``) are skipped when a number precedes them."""
+    text = _SEPARATOR_RE.sub("", text)
+    checks = list(_CHECK_RE.finditer(text))
+    if checks:
+        before = _numbers(text[: checks[-1].start()])
+        if before:
+            text = text[: checks[-1].start()]
+    text = _drop_trailing_parenthesis(text)
+    nums = _numbers(text)
+    return nums[-1][1] if nums else None
+
+
+_UNITS_AFTER_NUMBER_RE = re.compile(r"\d\}?\s*(?:%|\\%)?(?:\s*[A-Za-z$\\%]+){0,3}\s*$")
+
+
+def _drop_trailing_parenthesis(text: str) -> str:
+    """``text`` without a final parenthesis that follows a number and at most three words
+    (``"15 apples (3 + 12)."`` -> ``"15 apples "``); unchanged otherwise (``"the point (3, 4)"``)."""
+    stripped = text.rstrip().rstrip(".!")
+    if not stripped.endswith(")"):
+        return text
+    depth, i = 0, len(stripped) - 1
+    while i >= 0:
+        if stripped[i] == ")":
+            depth += 1
+        elif stripped[i] == "(":
+            depth -= 1
+            if depth == 0:
+                break
+        i -= 1
+    head = stripped[: max(i, 0)]
+    if i > 0 and _UNITS_AFTER_NUMBER_RE.search(head[-80:]):
+        return head
+    return text
+
+
+_GROUP_RE = re.compile(r"[(\[]\s*-?[\w\\.]+(?:\s*,\s*-?[\w\\.]+)+\s*[)\]]$")
+
+
+def trailing_group(text: str) -> str | None:
+    """A tuple or interval of numbers that ends the text (``"The midpoint is (3, 4)."`` -> ``"(3, 4)"``), unless it
+    follows a number (then it is a remark on that number: ``"15 (3 + 12)"``), else None."""
+    stripped = text.rstrip().rstrip(".!").rstrip("$").rstrip()
+    if not stripped.endswith((")", "]")):
+        return None
+    tail = stripped[-200:]
+    start = max(tail.rfind("("), tail.rfind("["))
+    if start < 0:
+        return None
+    group = tail[start:]
+    if not _GROUP_RE.fullmatch(group) or _drop_trailing_parenthesis(stripped) != stripped:
+        return None
+    return group
+
+
+# -- final-answer markers ---------------------------------------------------------------------------------------------
+
+_MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
+_SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
+_WRAPPERS_RE = re.compile(r"\*\*|\\\(|\\\)|\\\[|\\\]|\\\$|\$")
+_LEADING_NUMBER_RE = re.compile(r"(-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)(?:,?\s+[A-Za-z].*|\s*\(.*)$")
+_LEADING_MATH_RE = re.compile(r"[\s:*]*(?:\$\$([^$]+)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\])")
+
+
+def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
+    last = None
+    for last in pattern.finditer(text):  # noqa: B007 - the loop keeps the last match
+        pass
+    return last
+
+
+def _last_marker(text: str) -> tuple[int, str] | None:
+    """``(position, answer)`` of the last final-answer marker of ``text``, or None."""
+    m = _last_match(_MARKER_RE, text)
+    if m is None:
+        return None
+    rest = text[m.end() :]
+    lines = rest.split("\n", 3)
+    line = lines[0].strip()
+    if not line:
+        line = next((x.strip() for x in lines[1:] if x.strip()), "")
+    return m.start(), marker_answer(line)
+
+
+def marker_answer(line: str) -> str:
+    """The answer in the rest of a final-answer line: the box in its first sentence if any, else that sentence
+    without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow
+    it (``42 apples`` -> 42)."""
+    line = line.replace("\\$", "")  # a currency sign, not a math delimiter
+    math = _LEADING_MATH_RE.match(line)
+    if math:  # "$x^2 - 1$, which factors": the answer is the math span
+        line = next(g for g in math.groups() if g is not None)
+    end = _SENTENCE_END_RE.search(line)
+    if end:
+        line = line[: end.start()]
+    boxed = last_boxed(line)
+    if boxed is not None:
+        return boxed.strip()
+    line = _WRAPPERS_RE.sub("", line).strip().strip(":").strip()
+    m = _LEADING_NUMBER_RE.fullmatch(line)
+    if m:
+        return m.group(1)
+    return line.rstrip(".").strip()
+
+
+# -- extraction -------------------------------------------------------------------------------------------------------
+
+
+def extract_answer(text: str, answer_format: str = "auto") -> str | None:
+    """The answer of a completion under ``answer_format`` (module docstring), or None when it has none.
+
+    Raises:
+        ValueError: an unknown ``answer_format``.
+    """
+    check_answer_format(answer_format)
+    text = after_thinking(text)
+    if text is None:
+        return None
+    if answer_format == "boxed":
+        return last_boxed(text)
+    marker = _last_marker(text)
+    if answer_format == "auto":
+        span = _last_boxed_span(text)
+        if span is not None and (marker is None or span[0] > marker[0]):
+            return text[span[0] : span[1]]
+    if marker is not None and marker[1]:
+        return marker[1]
+    return trailing_group(text) or last_number(text)
+
+
+def check_answer_format(answer_format: str | None) -> None:
+    """Raise a one-line ``ValueError`` naming ``answer_format`` unless it is None or one of ``ANSWER_FORMATS``."""
+    if answer_format is not None and answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format={answer_format!r}: expected one of {list(ANSWER_FORMATS)} or None")
+
+
+def gold_answer(solution: str | None = None, answer: str | None = None) -> str:
+    """The reference answer: ``answer`` if given (text after ``####`` for GSM8K style), else the last
+    ``\\boxed{}`` of a MATH-style ``solution`` (else the whole solution). May be empty: graders give it no credit."""
+    if answer is not None:
+        answer = str(answer)
+        return answer.split("####")[-1].strip()
+    if solution is None:
+        raise ValueError("math_reward needs a 'solution' or an 'answer' column")
+    boxed = last_boxed(solution)
+    return (boxed if boxed is not None else solution).strip()
+
+
+_FREE_ANSWER_RE = re.compile(r"answer\s*(?:is)?\s*[:=]?", re.IGNORECASE)
+
+
+def extract_free_answer(text: str) -> str:
+    """The answer of a free-form completion: the last ``\\boxed{}`` content, else what follows the last
+    ``Answer:`` on its line, else the last non-empty line; stripped."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed.strip()
+    m = _last_match(_FREE_ANSWER_RE, text)
+    if m is not None:
+        rest = text[m.end() :].split("\n", 1)[0].strip().rstrip(".")
+        if rest:
+            return rest
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+# -- size guards ------------------------------------------------------------------------------------------------------
+
+_DIGIT_RUN_RE = re.compile(r"\d+")
+_POWER_RE = re.compile(r"\^|\*\*")
+_FACTORIAL_RE = re.compile(r"(\d+)\s*!")
+
+
+def too_large(expr: str) -> str | None:
+    """Why ``expr`` is too large to hand to sympy, or None. Linear in ``len(expr)``.
+
+    Too large: longer than ``MAX_ANSWER_CHARS``; a number of more than ``MAX_DIGITS`` digits; brackets nested deeper
+    than ``MAX_NESTING``; a power whose exponent is, or evaluates to, more than ``MAX_EXPONENT`` (``2^{200000}``,
+    ``10^{10^{10}}``, ``2**2**40``); a factorial of more than 10,000."""
+    if len(expr) > MAX_ANSWER_CHARS:
+        return f"longer than {MAX_ANSWER_CHARS} characters"
+    if any(len(m.group()) > MAX_DIGITS for m in _DIGIT_RUN_RE.finditer(expr)):
+        return f"a number of more than {MAX_DIGITS} digits"
+    depth = deepest = 0
+    for c in expr:
+        if c in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "})]":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        return f"brackets nested more than {MAX_NESTING} deep"
+    for m in _FACTORIAL_RE.finditer(expr):
+        if int(m.group(1)) > 10_000:
+            return "a factorial of more than 10000"
+    for m in _POWER_RE.finditer(expr):
+        log10 = _exponent_log10(expr, m.end())
+        if log10 > _LOG10_MAX_EXPONENT:
+            return f"a power with an exponent above {MAX_EXPONENT}"
+    return None
+
+
+_LOG10_MAX_EXPONENT = len(str(MAX_EXPONENT)) - 1  # 5
+
+
+_EXPONENT_TOKEN_RE = re.compile(r"-?\d+|[A-Za-z]")
+_INTEGER_RE = re.compile(r"-?(\d+)")
+_NUMERIC_POWER_RE = re.compile(r"(\d+)\s*(?:\^|\*\*)")
+
+
+def _log10_int(digits: str) -> float:
+    digits = digits.lstrip("0") or "0"
+    head = int(digits[:15]) or 1
+    return len(digits) - len(str(head)) + math.log10(head) if len(digits) > 15 else math.log10(head)
+
+
+def _exponent_log10(expr: str, i: int) -> float:
+    """log10 of the value of the exponent that starts at ``expr[i]`` when it is numeric (a number, or a numeric power
+    tower: ``{10^{10}}``, ``2**40`` after ``2**``), else 0."""
+    while i < len(expr) and expr[i] == " ":
+        i += 1
+    if i < len(expr) and expr[i] in "{(":
+        close = {"{": "}", "(": ")"}[expr[i]]
+        depth, j = 0, i
+        while j < len(expr):
+            if expr[j] == expr[i]:
+                depth += 1
+            elif expr[j] == close:
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        body, j = expr[i + 1 : j].strip(), j + 1
+    else:
+        m = _EXPONENT_TOKEN_RE.match(expr, i)
+        body, j = (m.group(), m.end()) if m else ("", i)
+    rest = expr[j:].lstrip()
+    if _INTEGER_RE.fullmatch(body) and rest.startswith(("**", "^")):  # a right-associative tower: 2**2**40
+        body = body + rest
+    m = _INTEGER_RE.fullmatch(body)
+    if m:
+        return _log10_int(m.group(1))
+    m = _NUMERIC_POWER_RE.match(body)
+    if m:  # a numeric power inside the exponent: log10(b^e) = e * log10(b)
+        inner = _exponent_log10(body, m.end())
+        return math.inf if inner > 15 else 10**inner * math.log10(max(int(m.group(1)[:15]), 2))
+    return 0.0
+
+
+# -- equivalence ------------------------------------------------------------------------------------------------------
+
+_SPACING_RE = re.compile(r"\\left|\\right|\\[,!;: ]|\\displaystyle|\s|\$")
+
+
+def normalize(expr: str) -> str:
+    """``expr`` without LaTeX spacing, ``$``, ``\\left``/``\\right`` and with ``\\dfrac``/``\\tfrac`` as ``\\frac``."""
+    return latex(_SPACING_RE.sub("", expr)).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+
+
+def latex(expr: str) -> str:
+    """``expr`` with the Unicode that math-verify does not read as LaTeX: ``°`` -> ``^\\circ``, ``−`` -> ``-``."""
+    return expr.replace("°", "^\\circ").replace("−", "-")
+
+
+_NUMBER_FORM_RE = re.compile(
+    r"(-)?(?:(\d+)(?=\\frac))?(?:\\frac\{(-?\d+)\}\{(-?\d+)\}|\\frac(\d)(\d)|(\d[\d,]*(?:\.\d+)?)(?:/(\d+))?)"
+)
+
+
+def parse_number(expr: str) -> Fraction | None:
+    """``expr`` as an exact rational when it is a plain number: ``-12``, ``1,234``, ``0.5``, ``3/4``, ``\\frac{3}{4}``,
+    ``\\dfrac34``, ``2\\frac{1}{2}``, ``1\\!000``; else None."""
+    s = _SEPARATOR_RE.sub("", normalize(expr)).replace("−", "-")
+    if not s or len(s) > MAX_DIGITS:
+        return None
+    m = _NUMBER_FORM_RE.fullmatch(s)
+    if not m:
+        return None
+    neg, whole, fn, fd, fn1, fd1, dec, den = m.groups()
+    try:
+        if dec is not None:
+            if "," in dec and not _THOUSANDS_RE.fullmatch(dec):
+                return None
+            value = Fraction(dec.replace(",", ""))
+            if den is not None:
+                value /= int(den)
+        else:
+            num, d = (fn, fd) if fn is not None else (fn1, fd1)
+            value = Fraction(int(num), int(d))
+            if whole is not None:
+                value = int(whole) + value
+    except (ValueError, ZeroDivisionError):
+        return None
+    return -value if neg else value
+
+
+_OPERATOR_RE = re.compile(r"[\w}).]\s*(?:[-+*/^×÷·]|\\times|\\cdot|\\div)\s*[\w\\({.]")
+
+
+def restates(pred: str, prompt: str, gold: str = "") -> bool:
+    """Whether ``pred`` restates the question: it holds an operator (``59 + 63``, ``(x+1)^2``) and appears in
+    ``prompt`` (spacing aside), and it is not the gold answer itself."""
+    if not prompt or not _OPERATOR_RE.search(pred):
+        return False
+    p = normalize(pred).lower()
+    return bool(p) and p in normalize(prompt).lower() and p != normalize(gold).lower()
+
+
+def quick_equal(gold: str, pred: str) -> bool | None:
+    """Equivalence decided without sympy: False for an empty gold or prediction, True for equal normalized strings,
+    the exact comparison of two plain numbers (``parse_number``); None when math-verify must decide."""
+    g, p = normalize(gold), normalize(pred)
+    if not g or not p:
+        return False
+    if g == p:
+        return True
+    gn, pn = parse_number(gold), parse_number(pred)
+    if gn is not None and pn is not None:
+        return gn == pn
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str):
+    import logging
+
+    from math_verify import parse
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeouts disabled": they are, on purpose
+
+    return parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+
+
+def verify_latex(gold: str, pred: str) -> bool:
+    """math-verify's equivalence of two extracted answers, its timeouts off (they use ``signal.alarm``): run it in a
+    process that can be killed (:mod:`apo.tasks.bounded`). String equality when either side does not parse."""
+    from math_verify import parse, verify
+
+    gold, pred = latex(gold), latex(pred)
+    gold_parsed = _parse_gold(gold)
+    pred_parsed = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
+    if not gold_parsed or not pred_parsed:
+        return normalize(gold) == normalize(pred)
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def warm_up() -> None:
+    """Run math-verify once on each kind of answer, so that sympy's lazy imports are not charged to a completion."""
+    for gold, pred in (
+        ("2\\sqrt{3}", "\\sqrt{12}"),
+        ("(-\\infty, 3]", "(-\\infty,3]"),
+        ("x^2+1", "1+x^2"),
+        ("\\pi", "3"),
+    ):
+        verify_latex(gold, pred)
+    _parse_gold.cache_clear()
+
+
+def math_equal(gold: str, pred: str) -> bool:
+    """Whether ``pred`` is equivalent to ``gold`` (``"\\frac{1}{2}"`` vs ``"0.5"``), in this process: False for an
+    empty gold or prediction and for either side ``too_large``; ``quick_equal``; else ``verify_latex``.
+
+    Not bounded in time by itself beyond the size guards; the rewards run ``verify_latex`` in a killable process."""
+    if too_large(gold) or too_large(pred):
+        return False
+    quick = quick_equal(gold, pred)
+    return quick if quick is not None else verify_latex(gold, pred)
+
+
+@functools.lru_cache(maxsize=64)
+def _rg_score_fn(name: str):
+    import reasoning_gym
+
+    return reasoning_gym.get_score_answer_fn(name)
+
+
+def rg_score(source_dataset: str, answer: str, entry: dict) -> float:
+    """reasoning-gym's own score (0..1, partial credit) of ``answer`` for the item ``entry`` of ``source_dataset``."""
+    return float(_rg_score_fn(source_dataset)(answer, entry))
