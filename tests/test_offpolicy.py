@@ -241,6 +241,12 @@ def test_sweep_figure_and_stability_columns(tmp_path):
     assert (out / "sweep-updates_per_rollout.png").stat().st_size > 0
     table = json.loads((out / "table.json").read_text())
     rows = {row["algorithm"]: row for row in table["algorithms"]}
+    assert list(rows) == [  # presets in their order, variants with numbers compared as numbers (4 before 16)
+        "apo-ess@updates_per_rollout=4",
+        "apo-ess@updates_per_rollout=16",
+        "grpo@updates_per_rollout=4",
+        "grpo@updates_per_rollout=16",
+    ]
     collapsed = rows["grpo@updates_per_rollout=16"]["collapsed"]
     assert (collapsed["count"], collapsed["n"]) == (2, 2)
     assert rows["apo-ess@updates_per_rollout=16"]["collapsed"]["count"] == 0

@@ -143,10 +143,14 @@ def run_label(run_dir: Path) -> str:
     return f"apo-{cfg.get('alpha_schedule', 'fixed')}" if alg == "apo" else alg
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NUMBER_SPLIT = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
 def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     """Runs grouped by :func:`run_label`, presets in :data:`apo.cli.presets.PRESETS` order, each followed by its
-    variants (``apo-fixed@alpha=0.35``) sorted, then other labels sorted; runs within a group sorted by directory
-    name."""
+    variants (``apo-fixed@alpha=0.35``) sorted with numbers compared as numbers (``@k=4`` before ``@k=16``), then other
+    labels sorted; runs within a group sorted by directory name."""
     from apo.cli.presets import PRESETS
 
     groups: dict[str, list[Path]] = {}
@@ -154,9 +158,16 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
         groups.setdefault(run_label(r), []).append(r)
     presets = list(PRESETS)
 
+    def natural(text: str) -> tuple:  # "x=16" after "x=4": numbers compare as numbers
+        return tuple(
+            (0, float(t), "") if _NUMBER.fullmatch(t) else (1, 0.0, t) for t in _NUMBER_SPLIT.split(text) if t
+        )
+
     def rank(label: str) -> tuple:
         base, _, variant = label.partition("@")
-        return (presets.index(base), variant != "", variant) if base in presets else (len(presets), False, label)
+        if base in presets:
+            return (presets.index(base), variant != "", natural(variant))
+        return (len(presets), False, natural(label))
 
     return {k: sorted(groups[k], key=lambda p: p.name) for k in sorted(groups, key=rank)}
 

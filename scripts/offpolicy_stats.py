@@ -1,0 +1,79 @@
+"""What the policy's movement within a rollout does to each algorithm, from a comparison's saved runs.
+
+    python scripts/offpolicy_stats.py runs/offpolicy [--markdown]
+
+Per group of runs (``apo compare`` names them ``<preset>[@key=value...]-seed<k>``), over all steps of all seeds:
+the mean and range of the alpha the loss used (``apo/alpha``), the mean ESS / G (``apo/ess``), the largest anchored
+confidence c_t (``apo/confidence``, Eq. 19), the largest ``|u|`` (``apo/u_abs_max``); for every algorithm the mean
+per-token ``KL(pi_theta || pi_old)`` over the steps that are not the first of their rollout
+(``offpolicy/kl_old`` where ``offpolicy/staleness > 0``), its largest value, and the mean clip fraction of TRL's ratio
+losses (``clip_ratio/region_mean``; ``cispo_clip_ratio`` for CISPO). These are the numbers of the "Off-policy"
+section of docs/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from apo.cli.plots import find_runs, group_runs, read_metrics
+
+
+def _values(rows: list[dict], key: str, where=lambda r: True) -> list[float]:
+    return [float(r[key]) for r in rows if key in r and where(r) and not math.isnan(float(r[key]))]
+
+
+def group_stats(runs: list[Path]) -> dict:
+    """The statistics of one group of runs (every step of every run pooled)."""
+    rows = [row for run in runs for row in read_metrics(run)]
+    moved = lambda r: r.get("offpolicy/staleness", 0.0) > 0  # noqa: E731
+    alpha = _values(rows, "apo/alpha")
+    kl = _values(rows, "offpolicy/kl_old", moved)
+    clip = _values(rows, "clip_ratio/region_mean") or _values(rows, "cispo_clip_ratio")
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else None
+
+    return {
+        "runs": len(runs),
+        "alpha_mean": mean(alpha),
+        "alpha_min": min(alpha) if alpha else None,
+        "alpha_max": max(alpha) if alpha else None,
+        "ess_mean": mean(_values(rows, "apo/ess")),
+        "confidence_max": max(_values(rows, "apo/confidence"), default=None),
+        "u_abs_max": max(_values(rows, "apo/u_abs_max"), default=None),
+        "kl_old_mean": mean(kl),
+        "kl_old_max": max(kl) if kl else None,
+        "clip_mean": mean(clip),
+    }
+
+
+COLUMNS = (
+    ("alpha_mean", "alpha mean"),
+    ("alpha_min", "alpha min"),
+    ("ess_mean", "ESS / G"),
+    ("confidence_max", "max c_t"),
+    ("u_abs_max", "max |u|"),
+    ("kl_old_mean", "KL(θ‖old) mean"),
+    ("kl_old_max", "KL(θ‖old) max"),
+    ("clip_mean", "clip fraction"),
+)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="comparison folders or run directories")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    opts = p.parse_args()
+    groups = group_runs(find_runs(opts.paths))
+    lines = ["| runs | n | " + " | ".join(t for _, t in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for label, runs in groups.items():
+        s = group_stats(runs)
+        cells = ["—" if s[k] is None else f"{s[k]:.3g}" if abs(s[k]) < 0.01 else f"{s[k]:.3f}" for k, _ in COLUMNS]
+        lines.append(f"| {label} | {s['runs']} | " + " | ".join(cells) + " |")
+    print("\n".join(lines) if opts.markdown else "\n".join(line.replace("|", " ") for line in lines))
+
+
+if __name__ == "__main__":
+    main()
