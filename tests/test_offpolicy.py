@@ -227,9 +227,9 @@ def _fake_run(folder, rewards, after):
 
 def test_sweep_figure_and_stability_columns(tmp_path):
     afters = {
-        ("apo-ess", 1): (0.6, 0.62),
+        ("apo-ess", 4): (0.6, 0.62),
         ("apo-ess", 16): (0.5, 0.54),
-        ("grpo", 1): (0.61, 0.6),
+        ("grpo", 4): (0.61, 0.6),
         ("grpo", 16): (0.2, 0.3),
     }
     for (alg, k), values in afters.items():
