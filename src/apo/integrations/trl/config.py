@@ -11,6 +11,11 @@ Departures from TRL's ``GRPOConfig`` defaults:
   ratios, ``epsilon=0.2``; ``gspo`` -> ``loss_type="grpo"``, ``importance_sampling_level="sequence"``,
   ``epsilon=3e-4``, ``epsilon_high=4e-4`` (the GSPO paper's settings) unless set explicitly. ``apo`` / ``adpo`` do
   not read them.
+- ``truncated_completions="zero"`` (default, every algorithm): a completion that reaches ``max_completion_length``
+  without EOS gets reward 0, whatever the reward functions say; TRL grades it like any other (``"grade"``). With a
+  binary rule-based reward (the paper's), a cut reasoning trace that happens to end on the right number would
+  otherwise be paid. This is not TRL's ``mask_truncated_completions``, which keeps the graded reward (and the cut
+  completion's place in the group baseline) but removes its tokens from the loss; ``apo``/``adpo`` reject that one.
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
@@ -37,6 +42,7 @@ GROUP_ALGORITHMS = ("apo", "adpo")
 ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
 SEQUENCE_SCORES = ("sum", "mean")
 CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
+TRUNCATION_POLICIES = ("zero", "grade")
 
 
 @dataclass
@@ -98,6 +104,14 @@ class APOConfig(GRPOConfig):
         metadata={
             "help": "Confidence c_t of the guarded schedule: 'anchored' (Eq. 19, always 0 on-policy), 'sequence' "
             "(entropy of softmax of per-token-mean log-probs over each group) or 'token' (next-token entropy)."
+        },
+    )
+    truncated_completions: str = field(
+        default="zero",
+        metadata={
+            "help": f"Reward of a completion cut at max_completion_length without EOS: one of {TRUNCATION_POLICIES}. "
+            "'zero': 0 whatever the reward functions return (a cut trace has no final answer; counted in "
+            "completions/clipped_ratio); 'grade': the reward functions' score, as TRL does."
         },
     )
     # --- fast generation hook (apo.integrations.trl.generation) ---
@@ -165,6 +179,7 @@ class APOConfig(GRPOConfig):
         choice("alpha_schedule", ALPHA_SCHEDULES)
         choice("sequence_score", SEQUENCE_SCORES)
         choice("confidence_source", CONFIDENCE_SOURCES)
+        choice("truncated_completions", TRUNCATION_POLICIES)
         for name in ("alpha", "alpha_min", "alpha_max"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
