@@ -182,3 +182,38 @@ def test_evaluation_prompts_match_the_trainers(qwen3_style_tokenizer, tmp_path, 
     ours = tok(texts, add_special_tokens=special)["input_ids"]
     assert [list(x) for x in trl_ids] == ours
     assert all(t.endswith("<think>\n\n</think>\n\n") != thinking for t in texts)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The CLI: held-out evaluation, named evaluation data, thinking mode in the paper config
+
+
+def test_eval_uses_the_held_out_part_or_the_named_file(tmp_path, capsys, caplog):
+    from apo.cli.main import main
+
+    train_file = _write_math(tmp_path / "train.jsonl", 40)
+    eval_file = tmp_path / "named.jsonl"
+    eval_file.write_text(
+        "".join(json.dumps({"problem": f"{i} * 3?", "solution": f"\\boxed{{{3 * i}}}"}) + "\n" for i in range(7))
+    )
+    common = ["reward=math", "eval_samples=1", "max_completion_length=4", "torch_threads=1"]
+    with caplog.at_level(logging.INFO):
+        assert main(["eval", f"task={train_file}", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["prompts"] == 4  # the held-out part: 0.1 of 40
+    assert "evaluation data: 4 prompts" in caplog.text and "held-out part of task" in caplog.text
+    assert main(["eval", f"task={train_file}", f"eval_task={eval_file}", *common]) == 0
+    assert json.loads(capsys.readouterr().out)["prompts"] == 7  # named evaluation data: used whole
+    assert main(["eval", f"task={train_file}", f"eval_task={train_file}", *common]) == 2
+    assert "eval_task" in capsys.readouterr().err
+
+
+def test_paper_config_states_the_thinking_mode(capsys):
+    import yaml
+
+    from apo.cli.config import read_yaml
+    from apo.cli.main import main
+
+    assert read_yaml("paper-qwen3-1.7b-math-l3")["chat_template_kwargs"] == {"enable_thinking": False}
+    assert main(["config", "paper-qwen3-1.7b-math-l3"]) == 0
+    shown = yaml.safe_load("\n".join(ln for ln in capsys.readouterr().out.splitlines() if not ln.startswith("#")))
+    assert shown["chat_template_kwargs"] == {"enable_thinking": False} and shown["truncated_completions"] == "zero"
