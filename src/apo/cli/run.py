@@ -76,7 +76,8 @@ def load_policy(cfg):
 def load_data(cfg, tokenizer, split: str, n: int | None, seed: int):
     """The prompts of ``split``: ``train`` from ``cfg.task``; ``eval`` from ``cfg.eval_task`` used whole when it is
     set, else the held-out part of ``cfg.task`` (a single file is split into disjoint parts; with ``eval_task`` set,
-    a single training file is used whole). The evaluation source and size are logged."""
+    a single training file is used whole). ``math_level`` filters whichever of them is MATH-style data. The
+    evaluation source and size are logged."""
     from apo.tasks.datasets import load_task, task_kind
 
     name, kw = cfg.task, dict(cfg.task_options)
