@@ -15,7 +15,9 @@ Departures from TRL's ``GRPOConfig`` defaults:
   without EOS gets reward 0, whatever the reward functions say; TRL grades it like any other (``"grade"``). With a
   binary rule-based reward (the paper's), a cut reasoning trace that happens to end on the right number would
   otherwise be paid. This is not TRL's ``mask_truncated_completions``, which keeps the graded reward (and the cut
-  completion's place in the group baseline) but removes its tokens from the loss; ``apo``/``adpo`` reject that one.
+  completion's place in the group baseline) but removes its tokens from the loss; ``apo``/``adpo`` reject that one,
+  and for ``grpo``/``gspo`` the two compose (the cut completion then scores 0 in the baseline and adds no tokens to
+  the loss).
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
