@@ -85,6 +85,9 @@ FAST_DEFAULTS = dict(
     temperature=1.0,
     disable_tqdm=True,
     dataloader_num_workers=0,
+    # Random-init completions rarely end before max_completion_length; grading them keeps rewards varied (the
+    # default "zero" policy is tested on its own in test_trainer.py).
+    truncated_completions="grade",
 )
 
 

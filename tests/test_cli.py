@@ -35,6 +35,12 @@ def test_train_default_writes_the_run_directory(tmp_path, capsys):
     assert not (run / ".partial").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and "reward_before" in summary and "reward_after" in summary
+    clipped = [r["completions/clipped_ratio"] for r in rows]  # TRL's, per step
+    assert (
+        summary["clipped_ratio_mean"] == pytest.approx(sum(clipped) / 2)
+        and summary["clipped_ratio_last"] == clipped[1]
+    )
+    assert 0.0 <= summary["eval_clipped_ratio_after"] <= 1.0
     out = json.loads(capsys.readouterr().out)
     assert out["run_dir"] == str(run)
 

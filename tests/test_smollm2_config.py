@@ -59,3 +59,17 @@ def test_model_task_and_reward_load_offline():
         reward_fn.close()
     assert scores[:5] == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert scores[5] == (1.0 if b == gold else 0.0)
+
+
+@pytest.mark.parametrize(
+    "name, task", [("smollm2-gsm", "reasoning-gym:gsm_symbolic"), ("smollm2-chain-sum", "reasoning-gym:chain_sum")]
+)
+def test_reasoning_gym_configs_resolve_and_keep_held_out_prompts_apart(name, task):
+    from apo.tasks.datasets import load_task
+
+    cfg = cfglib.resolve(name)
+    assert cfg.model == "smollm2" and cfg.task == task and cfg.reward == "math"
+    assert cfg.truncated_completions == "zero" and cfg.per_device_train_batch_size % cfg.num_generations == 0
+    train = load_task(cfg.task, "train", 200, cfg.seed, **cfg.task_options)
+    held_out = load_task(cfg.task, "eval", cfg.eval_size, cfg.eval_seed, **cfg.task_options)
+    assert len(held_out) == cfg.eval_size and not set(train["question"]) & set(held_out["question"])

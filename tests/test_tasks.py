@@ -499,14 +499,14 @@ def test_load_local_math_file_with_filters(tmp_path, fmt):
         import datasets
 
         datasets.Dataset.from_list(rows).to_parquet(str(path))
-    ds = load_task(str(path), "train", seed=0, level=3)
+    ds = load_task(str(path), "train", seed=0, level=3, whole_file=True)  # every row (no held-out part)
     assert len(ds) == 4 and set(ds["level"]) == {"Level 3"}
     assert isinstance(ds[0]["prompt"], str) and ds[0]["problem"] in ds[0]["prompt"] and "\\boxed{}" in ds[0]["prompt"]
     assert (
         math_reward([f"\\boxed{{{int(r['problem'].split()[2]) * 2}}}" for r in ds], solution=ds["solution"])
         == [1.0] * 4
     )
-    assert len(load_task(str(path), "train", level="Level 3", type="Algebra")) == 2
+    assert len(load_task(str(path), "train", level="Level 3", type="Algebra", whole_file=True)) == 2
     assert len(load_task(str(path), "train", n=5)) == 5
     with pytest.raises(ValueError, match="no rows"):
         load_task(str(path), "train", level=7)

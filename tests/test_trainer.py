@@ -553,3 +553,53 @@ def test_evaluation_uses_whole_groups_and_leaves_alpha_alone(make_trainer):
     assert evals and math.isfinite(evals[0]["eval_loss"]) and "eval_apo/divergence" in evals[0]
     assert len(produced) == 1  # one optimizer step; evaluation did not advance the schedule
     assert evals[0]["eval_apo/alpha"] == pytest.approx(produced[0], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Truncated completions.
+
+
+@pytest.mark.parametrize("algorithm", ["apo", "adpo", "grpo", "gspo"])
+@pytest.mark.parametrize("policy", ["zero", "grade"])
+def test_truncated_completions_policy(make_trainer, tokenizer, algorithm, policy):
+    def const(completions, **kw):
+        return [1.0] * len(completions)
+
+    trainer = make_trainer(
+        reward_funcs=const,
+        algorithm=algorithm,
+        truncated_completions=policy,
+        max_completion_length=2,
+        per_device_train_batch_size=16,
+        max_steps=1,
+    )
+    # Raise the EOS logit so that about half of the 2-token completions end and half are cut.
+    bias_V = torch.zeros(len(tokenizer))
+    bias_V[tokenizer.eos_token_id] = 3.0
+    trainer.model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias_V.to(out.dtype))
+    seen = []
+    calculate = trainer._calculate_rewards
+
+    def spy(inputs, prompts, completions, completion_ids_list):
+        rewards = calculate(inputs, prompts, completions, completion_ids_list)
+        seen.append(([list(map(int, ids)) for ids in completion_ids_list], rewards.clone()))
+        return rewards
+
+    trainer._calculate_rewards = spy
+    trainer.train()
+    ids_list, rewards_N1 = seen[0]
+    cut = torch.tensor([tokenizer.eos_token_id not in ids for ids in ids_list])
+    assert all(len(ids) == 2 for ids, c in zip(ids_list, cut.tolist(), strict=True) if c)
+    assert 0 < int(cut.sum()) < len(ids_list), "the test needs both cut and finished completions"
+    expected_N = torch.where(cut, 0.0 if policy == "zero" else 1.0, 1.0)
+    assert torch.equal(rewards_N1[:, 0], expected_N)
+    logged = trainer.state.log_history[0]
+    assert logged["completions/clipped_ratio"] == pytest.approx(cut.float().mean().item())
+    assert logged["completions/truncated_graded_reward"] == pytest.approx(1.0)  # what `const` paid before the policy
+    assert logged["reward"] == pytest.approx(expected_N.mean().item())
+
+
+def test_truncated_completions_setting_is_validated():
+    with pytest.raises(ValueError, match="truncated_completions"):
+        config(truncated_completions="drop")
+    assert apo.APOConfig.__dataclass_fields__["truncated_completions"].default == "zero"

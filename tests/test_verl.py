@@ -187,6 +187,17 @@ def test_policy_loss_target_selects_the_apo_settings():
         APOPolicyLossConfig(loss_mode="apo", alpha=1.5)
 
 
+def test_policy_loss_defaults_are_the_papers_and_bad_values_fail_when_built():
+    assert APOPolicyLossConfig(loss_mode="apo").tau_anchor == 0.8  # Sec. 7, as APOConfig
+    with pytest.raises(ValueError, match=r"^policy_loss\.eps must be > 0, got 0"):
+        APOPolicyLossConfig(loss_mode="apo", eps=0.0)
+    # Through verl's own builder: the error comes when the actor config is built, before any step.
+    for key, value in [("eps", -1.0), ("alpha_ema", 0.0), ("weight_clip", "[0.5,0.9]")]:
+        bad = compose_config(micro=G, extra=[f"+actor_rollout_ref.actor.policy_loss.{key}={value}"])
+        with pytest.raises(Exception, match=rf"policy_loss\.{key}"):
+            omega_conf_to_dataclass(bad.actor_rollout_ref.actor)
+
+
 @pytest.mark.parametrize("micro", [G, 2 * G, N], ids=["micro=P", "micro=2P", "micro=batch"])
 def test_group_loss_equals_library_loss_and_gradient(micro):
     """Policy moved away from the rollout (u != 0): the exact APO loss, whatever the micro-batch size."""

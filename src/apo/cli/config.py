@@ -60,6 +60,12 @@ def _run_fields():
             float | None,
             f(10.0, "Seconds a reward may take per completion (None: no limit)."),
         ),
+        (
+            "eval_task",
+            str | None,
+            f(None, "Evaluation data, used whole (a file/folder/hub id or a task); None: the held-out part of task."),
+        ),
+        ("eval_task_options", dict, f({}, "Keyword options of eval_task (like task_options).")),
         ("train_size", int | None, f(None, "Training prompts (None: the task's default).")),
         ("eval_size", int, f(200, "Held-out prompts for `apo eval` and the before/after evaluation.")),
         ("eval_samples", int, f(4, "Completions sampled per held-out prompt in evaluation.")),

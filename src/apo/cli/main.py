@@ -44,24 +44,14 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
-    from apo.cli.run import evaluate, load_inputs
+    from apo.cli.run import eval_kwargs, evaluate, load_inputs
 
     values = _values(args.items)
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)
     reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
-    result = evaluate(
-        model,
-        tokenizer,
-        ds,
-        reward_fn,
-        samples=cfg.eval_samples,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_completion_length,
-        seed=cfg.eval_seed,
-        batch_size=cfg.eval_batch_size,
-    )
+    result = evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))
     print(json.dumps({"model": cfg.model, **result}, indent=2))
     return 0
 

@@ -7,7 +7,9 @@ A run directory holds::
                          and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
     eval_before.json     held-out mean reward of the starting policy (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
-    summary.json         wall time, steps, rewards before/after
+    summary.json         wall time, steps, rewards before/after, TRL's completions/clipped_ratio (the fraction of
+                         completions cut at max_completion_length: mean over the steps and last step) and the
+                         held-out clipped ratio before/after
     curves.png           reward, alpha and ESS per step
     checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
                          written under a temporary name and renamed when complete, so a kill leaves the last one
@@ -42,10 +44,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_policy(cfg):
-    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(cfg):
+    """``(path, tokenizer)`` for ``cfg.model`` (its files prepared offline when it is ``tiny-arith`` or
+    ``smollm2``): the tokenizer alone decides how prompts are rendered, so data can be checked before the weights
+    load."""
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from apo.tasks.models import resolve_model
@@ -56,18 +59,45 @@ def load_policy(cfg):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return path, tokenizer
+
+
+def load_policy(cfg):
+    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path, tokenizer = load_tokenizer(cfg)
     dtype = torch.bfloat16 if cfg.bf16 else (torch.float16 if cfg.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer
 
 
 def load_data(cfg, tokenizer, split: str, n: int | None, seed: int):
-    from apo.tasks.datasets import load_task
+    """The prompts of ``split``: ``train`` from ``cfg.task``; ``eval`` from ``cfg.eval_task`` used whole when it is
+    set, else the held-out part of ``cfg.task`` (a single file is split into disjoint parts; with ``eval_task`` set,
+    a single training file is used whole). ``math_level`` filters whichever of them is MATH-style data. The
+    evaluation source and size are logged."""
+    from apo.tasks.datasets import load_task, task_kind
 
-    kw = dict(cfg.task_options)
-    if cfg.math_level is not None:
+    name, kw = cfg.task, dict(cfg.task_options)
+    if split == "eval" and cfg.eval_task is not None:
+        name, kw = cfg.eval_task, dict(cfg.eval_task_options)
+    if cfg.math_level is not None and (name == cfg.task or task_kind(name) == "math"):
         kw["level"] = cfg.math_level
-    return load_task(cfg.task, split, n, seed, tokenizer, **kw)
+    if cfg.eval_task is not None:
+        same = Path(os.path.expanduser(cfg.task)).resolve() == Path(os.path.expanduser(cfg.eval_task)).resolve()
+        if same and Path(os.path.expanduser(cfg.task)).is_file():
+            raise ValueError(
+                f"eval_task={cfg.eval_task!r} is the training file task={cfg.task!r}: unset eval_task to hold out a "
+                "part of it (task_options.eval_fraction), or name another file"
+            )
+        kw["whole_file"] = True
+    ds = load_task(name, split, n, seed, tokenizer, **kw)
+    if split == "eval":
+        source = "eval_task, used whole" if cfg.eval_task is not None else "held-out part of task"
+        logger.info("evaluation data: %d prompts from %s (%s)", len(ds), name, source)
+    return ds
 
 
 def load_reward_fn(cfg):
@@ -82,12 +112,28 @@ def load_reward_fn(cfg):
 def load_inputs(cfg, split: str):
     """``(reward_fn, model, tokenizer, dataset)`` of a config for ``split`` (``train``: ``train_size`` prompts drawn
     with ``seed``; ``eval``: ``eval_size`` held-out prompts drawn with ``eval_seed``). The loaders' ``ValueError``s
-    name the setting (``model=``, ``task=``, ``reward=``) and are raised as ``ConfigError``s, before anything runs."""
-    n, seed = (cfg.train_size, cfg.seed) if split == "train" else (cfg.eval_size, cfg.eval_seed)
+    name the setting (``model=``, ``task=``, ``reward=``) and are raised as ``ConfigError``s, before anything runs;
+    the data are loaded and checked before the model's weights."""
+    return _load_inputs(cfg, (split,))
+
+
+def load_run_inputs(cfg):
+    """``(reward_fn, model, tokenizer, train_dataset, eval_dataset)`` of ``apo train``: :func:`load_inputs` for the
+    training prompts, plus the evaluation prompts (``None`` without ``eval_before_after``), both checked before the
+    model's weights load."""
+    return _load_inputs(cfg, ("train", "eval") if cfg.eval_before_after else ("train",), with_none=True)
+
+
+def _load_inputs(cfg, splits: tuple[str, ...], with_none: bool = False):
+    sizes = {"train": (cfg.train_size, cfg.seed), "eval": (cfg.eval_size, cfg.eval_seed)}
     try:
         reward_fn = load_reward_fn(cfg)
+        _, tokenizer = load_tokenizer(cfg)
+        data = [load_data(cfg, tokenizer, split, *sizes[split]) for split in splits]
+        if with_none:
+            data += [None] * (2 - len(data))
         model, tokenizer = load_policy(cfg)
-        return reward_fn, model, tokenizer, load_data(cfg, tokenizer, split, n, seed)
+        return reward_fn, model, tokenizer, *data
     except ValueError as e:
         raise cfglib.ConfigError(str(e)) from None
 
@@ -103,15 +149,25 @@ def evaluate(
     max_new_tokens: int,
     seed: int,
     batch_size: int = 64,
+    chat_template_kwargs: dict | None = None,
+    truncated_completions: str = "zero",
 ) -> dict[str, Any]:
-    """Mean reward of ``samples`` sampled completions per prompt of ``dataset`` (TRL's prompt handling: chat template
-    for conversational prompts, the tokenizer's special tokens otherwise). Deterministic for a fixed ``seed``.
+    """Mean reward of ``samples`` sampled completions per prompt of ``dataset`` (TRL's prompt handling, through
+    :func:`apo.tasks.datasets.render_prompts`: chat template with ``chat_template_kwargs`` for conversational prompts,
+    the tokenizer's special tokens otherwise). Deterministic for a fixed ``seed``. A completion that reaches
+    ``max_new_tokens`` without EOS is truncated (TRL's rule: its last token is neither EOS nor pad) and, with
+    ``truncated_completions="zero"``, scores 0, as in training.
 
-    Returns ``{"reward": mean, "pass_at_least_one": fraction of prompts with a positive reward, "prompts": n,
-    "samples": samples}``.
+    Returns ``{"reward": mean, "pass_at_least_one": fraction of prompts with a positive reward, "clipped_ratio":
+    fraction of truncated completions, "prompts": n, "samples": samples}``.
     """
     import torch
 
+    from apo.tasks.datasets import render_prompts
+
+    eos = model.generation_config.eos_token_id
+    eos_and_pad = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    clipped = 0
     was_training = model.training
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
@@ -122,11 +178,8 @@ def evaluate(
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         prompts = [r["prompt"] for r in batch]
-        if isinstance(prompts[0], list):
-            texts = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
-            enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-        else:
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
+        texts, special = render_prompts(tokenizer, prompts, chat_template_kwargs)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special)
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         with torch.no_grad():
@@ -140,10 +193,15 @@ def evaluate(
                 num_return_sequences=samples,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        completions = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        completion_ids = out[:, enc["input_ids"].shape[1] :]
+        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        cut = [ids.numel() > 0 and int(ids[-1]) not in eos_and_pad for ids in completion_ids]
         columns = {k: [r[k] for r in batch for _ in range(samples)] for k in batch[0] if k != "prompt"}
         scores = reward_fn(prompts=[p for p in prompts for _ in range(samples)], completions=completions, **columns)
         scores = [0.0 if s is None or not math.isfinite(s) else float(s) for s in scores]
+        if truncated_completions == "zero":
+            scores = [0.0 if c else s for s, c in zip(scores, cut, strict=True)]
+        clipped += sum(cut)
         rewards.extend(scores)
         for i in range(len(batch)):
             solved += any(s > 0 for s in scores[i * samples : (i + 1) * samples])
@@ -152,9 +210,43 @@ def evaluate(
     return {
         "reward": sum(rewards) / max(1, len(rewards)),
         "pass_at_least_one": solved / max(1, len(rows)),
+        "clipped_ratio": clipped / max(1, len(rewards)),
         "prompts": len(rows),
         "samples": samples,
     }
+
+
+def eval_kwargs(cfg) -> dict[str, Any]:
+    """The keyword arguments of :func:`evaluate` that come from a config (the same for ``apo eval`` and a run's
+    before/after evaluation)."""
+    chat_kwargs = cfg.chat_template_kwargs
+    if isinstance(chat_kwargs, str):  # GRPOConfig accepts a JSON string
+        chat_kwargs = json.loads(chat_kwargs)
+    return dict(
+        samples=cfg.eval_samples,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_completion_length,
+        seed=cfg.eval_seed,
+        batch_size=cfg.eval_batch_size,
+        chat_template_kwargs=chat_kwargs,
+        truncated_completions=cfg.truncated_completions,
+    )
+
+
+def clipped_ratio_summary(metrics_path: Path) -> dict[str, float]:
+    """``{"clipped_ratio_mean": mean over the logged steps, "clipped_ratio_last": the last step's}`` of TRL's
+    ``completions/clipped_ratio`` in ``metrics.jsonl`` (empty when no step logged it)."""
+    if not metrics_path.exists():
+        return {}
+    values = []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "completions/clipped_ratio" in row:
+            values.append(float(row["completions/clipped_ratio"]))
+    return {"clipped_ratio_mean": sum(values) / len(values), "clipped_ratio_last": values[-1]} if values else {}
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -286,17 +378,9 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    reward_fn, model, tokenizer, train_ds = load_inputs(cfg, "train")
-    eval_kw = dict(
-        samples=cfg.eval_samples,
-        temperature=cfg.temperature,
-        max_new_tokens=cfg.max_completion_length,
-        seed=cfg.eval_seed,
-        batch_size=cfg.eval_batch_size,
-    )
-    eval_ds = None
+    reward_fn, model, tokenizer, train_ds, eval_ds = load_run_inputs(cfg)
+    eval_kw = eval_kwargs(cfg)
     if cfg.eval_before_after:
-        eval_ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
         if not (run_dir / "eval_before.json").exists():
             before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kw)
             _write_json(run_dir / "eval_before.json", before)
@@ -323,6 +407,7 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     os.replace(tmp, final)
 
     summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
+    summary.update(clipped_ratio_summary(run_dir / "metrics.jsonl"))
     if cfg.eval_before_after and eval_ds is not None:
         after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)
         _write_json(run_dir / "eval_after.json", after)
@@ -331,6 +416,8 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             reward_before=before["reward"],
             reward_after=after["reward"],
             reward_gain=after["reward"] - before["reward"],
+            eval_clipped_ratio_before=before.get("clipped_ratio"),
+            eval_clipped_ratio_after=after["clipped_ratio"],
         )
     from apo.cli.plots import plot_run, read_metrics, stability_stats
 

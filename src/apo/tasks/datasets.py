@@ -10,11 +10,23 @@ Tasks (``load_task(name_or_path, ...)``):
 - a local ``.jsonl`` / ``.json`` / ``.parquet`` file, a folder holding ``<split>.jsonl`` or ``<split>.parquet``, or a
   Hugging Face hub id (online only): MATH style with ``problem`` and ``solution`` columns, optionally filtered by
   ``level`` (3 or ``"Level 3"``) and ``type`` (``"Algebra"``). GSM8K style ``question`` / ``answer`` also works.
-  Reward: ``math``.
+  Reward: ``math``. Every row must have a gold answer (a non-empty ``answer``, else a ``solution`` with a non-empty
+  ``\\boxed{}``) and a non-empty problem: a file with such rows is refused, naming them.
+
+Held-out data: the ``train`` and ``eval`` splits never share a question.
+
+- a single file is split into two disjoint parts: its distinct problems (after the ``level``/``type`` filters) are
+  permuted with ``split_seed`` (default 0, independent of the draw ``seed``) and the first ``eval_fraction`` of them
+  (default 0.1, at least one) are held out; the sizes are logged. ``whole_file=True`` uses every row instead, for a
+  file named as evaluation data or a training file whose evaluation data come from elsewhere.
+- a folder or hub id has its own splits (``eval`` reads ``eval``, else ``test``).
+- ``arith``: a seeded partition of all problems (``eval_fraction``, ``split_seed``; :mod:`apo.tasks.arithmetic`).
+- ``reasoning-gym``: each question belongs to one side by a keyed hash of its text (:func:`_side`).
 
 Prompts: with a tokenizer that has a chat template, the prompt is conversational (``[{"role": "user", "content":
-...}]``) and TRL applies the template; otherwise it is a plain string (for ``arith``, the bare ``"37+58="`` that the
-tiny model was trained on).
+...}]``) and TRL applies the template (with ``chat_template_kwargs``, e.g. ``{"enable_thinking": False}`` for
+Qwen3); otherwise it is a plain string (for ``arith``, the bare ``"37+58="`` that the tiny model was trained on).
+:func:`render_prompts` renders them exactly as TRL does, for code that generates outside the trainer (``apo eval``).
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ TEMPLATES = {
 }
 """Prompt templates per task kind: ``plain`` for tokenizers without a chat template, ``chat`` for the user message."""
 DEFAULT_N = {"arith": {"train": 10_000, "eval": None}, "reasoning-gym": {"train": 2_000, "eval": 200}}
+SPLIT_OPTIONS = {"eval_fraction": 0.1, "split_seed": 0}
+"""Options (and defaults) of the train / held-out split of a single MATH-style file."""
 DEFAULT_REWARDS = {"arith": "arithmetic", "reasoning-gym": "reasoning-gym", "math": "math"}
 _FILE_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -68,6 +82,21 @@ def _render(kind: str, fields: dict, chat: bool, template: str | None):
     return [{"role": "user", "content": text}] if chat else text
 
 
+def render_prompts(tokenizer, prompts: list, chat_template_kwargs: dict | None = None) -> tuple[list[str], bool]:
+    """``(texts, add_special_tokens)``: the prompts as the text TRL's ``GRPOTrainer`` feeds the model.
+
+    Conversational prompts (message lists) go through ``tokenizer.apply_chat_template(add_generation_prompt=True,
+    **chat_template_kwargs)``, as TRL does with ``GRPOConfig.chat_template_kwargs`` (for Qwen3,
+    ``{"enable_thinking": False}`` appends an empty ``<think>\n\n</think>\n\n`` block to the generation prompt);
+    the rendered text already holds the special tokens, so ``add_special_tokens`` is False. Plain string prompts are
+    returned as they are, to be tokenized with the tokenizer's special tokens (True), as TRL does.
+    """
+    kwargs = dict(chat_template_kwargs or {})
+    if prompts and isinstance(prompts[0], list):
+        return tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False, **kwargs), False
+    return list(prompts), True
+
+
 def load_task(
     name_or_path: str,
     split: str = "train",
@@ -78,6 +107,7 @@ def load_task(
     template: str | None = None,
     level: int | str | None = None,
     type: str | None = None,
+    whole_file: bool = False,
     **kwargs,
 ):
     """A task's dataset with a ``prompt`` column (string, or a conversational message list) and answer columns.
@@ -94,14 +124,18 @@ def load_task(
         template: a ``str.format`` template overriding ``TEMPLATES`` (fields: arith ``prompt``, ``expression``;
             reasoning-gym ``question``; MATH ``problem``).
         level, type: MATH filters (``level=3`` keeps ``"Level 3"`` rows).
-        **kwargs: arith: ``digits``, ``eval_fraction``, ``split_seed``; reasoning-gym: the generator's config.
+        whole_file: a single MATH-style file: every row for ``split`` instead of its train or held-out part (see
+            the module docstring). No effect on folders, hub ids and generated tasks, which have their own splits.
+        **kwargs: arith: ``digits``, ``eval_fraction``, ``split_seed``; reasoning-gym: the generator's config; a
+            single MATH-style file: ``eval_fraction`` (in (0, 1), default 0.1), ``split_seed`` (default 0).
 
     Returns:
         ``datasets.Dataset``.
 
     Raises:
         ValueError: an unknown split or task, unknown keyword arguments, missing columns, a filter on a column that
-            does not exist, or a filter that keeps no rows.
+            does not exist, a filter that keeps no rows, rows without a problem or gold answer (named), or a
+            single file too small to split.
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: must be one of {SPLITS}")
@@ -115,9 +149,14 @@ def load_task(
         return _load_arith(name_or_path, split, n, seed, chat, template, kwargs)
     if kind == "reasoning-gym":
         return _load_reasoning_gym(name_or_path, split, n, seed, chat, template, kwargs)
-    if kwargs:
-        raise ValueError(f"task={name_or_path!r}: unexpected options {sorted(kwargs)}")
-    return _load_math(name_or_path, split, n, seed, chat, template, level, type)
+    unknown = set(kwargs) - set(SPLIT_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"task={name_or_path!r}: unexpected options {sorted(unknown)}; valid for MATH-style data: "
+            f"{sorted(SPLIT_OPTIONS)}"
+        )
+    holdout = None if whole_file else {**SPLIT_OPTIONS, **kwargs}
+    return _load_math(name_or_path, split, n, seed, chat, template, level, type, holdout)
 
 
 def _load_arith(name, split, n, seed, chat, template, kwargs):
@@ -181,6 +220,8 @@ def _load_reasoning_gym(name, split, n, seed, chat, template, kwargs):
 
 
 def _read_math_source(name_or_path: str, split: str):
+    """``(dataset, single_file, source)``: the rows of ``split``, whether they come from one file holding every split,
+    and where they were read (the file, or the hub split)."""
     import datasets
 
     path = Path(os.path.expanduser(name_or_path))
@@ -188,13 +229,13 @@ def _read_math_source(name_or_path: str, split: str):
         fmt = _FILE_SUFFIXES.get(path.suffix)
         if fmt is None:
             raise ValueError(f"task={name_or_path!r}: unsupported file type; use one of {sorted(_FILE_SUFFIXES)}")
-        return datasets.load_dataset(fmt, data_files=str(path), split="train")
+        return datasets.load_dataset(fmt, data_files=str(path), split="train"), True, str(path)
     if path.is_dir():
         for name in (split, "test" if split == "eval" else split):
             for suffix, fmt in _FILE_SUFFIXES.items():
                 f = path / f"{name}{suffix}"
                 if f.is_file():
-                    return datasets.load_dataset(fmt, data_files=str(f), split="train")
+                    return datasets.load_dataset(fmt, data_files=str(f), split="train"), False, str(f)
         raise ValueError(f"task={name_or_path!r}: folder has no {split}.jsonl / {split}.parquet")
     if name_or_path.startswith((".", "/", "~")) or "/" not in name_or_path:
         raise ValueError(
@@ -202,15 +243,66 @@ def _read_math_source(name_or_path: str, split: str):
             "existing file or folder, and not a hub id (owner/name)"
         )
     try:  # hub id: needs network access
-        return datasets.load_dataset(name_or_path, split=split)
+        return datasets.load_dataset(name_or_path, split=split), False, f"{name_or_path} [{split}]"
     except ValueError:
         if split != "eval":
             raise
-        return datasets.load_dataset(name_or_path, split="test")
+        return datasets.load_dataset(name_or_path, split="test"), False, f"{name_or_path} [test]"
 
 
-def _load_math(name, split, n, seed, chat, template, level, type_):
-    ds = _read_math_source(name, split)
+def _blank(value) -> bool:
+    return value is None or not str(value).strip()
+
+
+def _bad_rows(ds, key: str) -> list[int]:
+    """Indices of rows without a problem or a gold answer: ``answer`` (text after ``####``) when the column exists,
+    else the last ``\\boxed{}`` of ``solution`` (what ``apo.tasks.rewards.math_reward`` compares against)."""
+    from apo.tasks.rewards import last_boxed
+
+    problems = ds[key]
+    if "answer" in ds.column_names:
+        golds = [None if a is None else str(a).split("####")[-1] for a in ds["answer"]]
+    else:
+        golds = [None if s is None else last_boxed(str(s)) for s in ds["solution"]]
+    return [i for i, (p, g) in enumerate(zip(problems, golds, strict=True)) if _blank(p) or _blank(g)]
+
+
+def _holdout_split(name: str, problems: list, split: str, eval_fraction, split_seed) -> list[int]:
+    """Row indices of ``split`` in a single file: distinct problem texts permuted with ``split_seed``, the first
+    ``max(1, round(eval_fraction * n_distinct))`` held out, so no problem text is on both sides."""
+    import random
+
+    if isinstance(eval_fraction, bool) or not isinstance(eval_fraction, (int, float)) or not 0 < eval_fraction < 1:
+        raise ValueError(f"task={name!r}: task_options.eval_fraction={eval_fraction!r} must be in (0, 1)")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, int):
+        raise ValueError(f"task={name!r}: task_options.split_seed={split_seed!r} must be an integer")
+    distinct = list(dict.fromkeys(problems))
+    if len(distinct) < 2:
+        raise ValueError(
+            f"task={name!r}: {len(distinct)} distinct problem(s) cannot be split into train and held-out parts; "
+            "name evaluation data with eval_task=<file>"
+        )
+    random.Random(split_seed).shuffle(distinct)
+    n_eval = min(len(distinct) - 1, max(1, round(eval_fraction * len(distinct))))
+    held_out = set(distinct[:n_eval])
+    rows = [i for i, p in enumerate(problems) if (p in held_out) == (split == "eval")]
+    logger.info(
+        "task %s: %d distinct problems split into %d train / %d held out (eval_fraction=%g, split_seed=%d); "
+        "%s: %d rows",
+        name,
+        len(distinct),
+        len(distinct) - n_eval,
+        n_eval,
+        eval_fraction,
+        split_seed,
+        split,
+        len(rows),
+    )
+    return rows
+
+
+def _load_math(name, split, n, seed, chat, template, level, type_, holdout):
+    ds, single_file, source = _read_math_source(name, split)
     cols = set(ds.column_names)
     if {"problem", "solution"} <= cols:
         key = "problem"
@@ -221,17 +313,31 @@ def _load_math(name, split, n, seed, chat, template, level, type_):
             f"task={name!r}: needs 'problem' and 'solution' columns (MATH) or 'question' and 'answer' (GSM8K); "
             f"has {sorted(cols)}"
         )
+    rows = list(range(len(ds)))  # indices into the source, kept so that errors name the file's rows
     if level is not None:
         if "level" not in cols:
             raise ValueError(f"task={name!r}: level={level!r} given but the data has no 'level' column")
         want = level if isinstance(level, str) and level.startswith("Level") else f"Level {level}"
-        ds = ds.filter(lambda r: str(r["level"]) == want)
+        levels = ds["level"]
+        rows = [i for i in rows if str(levels[i]) == want]
     if type_ is not None:
         if "type" not in cols:
             raise ValueError(f"task={name!r}: type={type_!r} given but the data has no 'type' column")
-        ds = ds.filter(lambda r: r["type"] == type_)
-    if len(ds) == 0:
+        types_ = ds["type"]
+        rows = [i for i in rows if types_[i] == type_]
+    if not rows:
         raise ValueError(f"task={name!r}: no rows left after level={level!r}, type={type_!r}")
+    ds = ds.select(rows)
+    bad = _bad_rows(ds, key)
+    if bad:
+        shown = ", ".join(str(rows[i] + 1) for i in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        raise ValueError(
+            f"task={name!r}: {source}: {len(bad)} of {len(ds)} rows have an empty or missing "
+            f"{key} or gold answer ('answer', or a \\boxed{{}} in 'solution'): row {shown} (1-based, the line of a "
+            ".jsonl file); fix or remove them"
+        )
+    if single_file and holdout is not None:
+        ds = ds.select(_holdout_split(name, ds[key], split, holdout["eval_fraction"], holdout["split_seed"]))
     ds = ds.shuffle(seed=seed)
     if n is not None:
         if n > len(ds):

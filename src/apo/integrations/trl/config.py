@@ -18,6 +18,13 @@ Departures from TRL's ``GRPOConfig`` defaults:
   each rollout's mini-batches (epochs). A rollout lag (generation by a policy ``d`` steps old, as asynchronous
   pipelines do) is not offered: TRL 1.16 generates synchronously with the current weights, and a lag would need a
   second copy of the policy; mini-batches already train on rollouts 0 .. k - 1 steps stale.
+- ``truncated_completions="zero"`` (default, every algorithm): a completion that reaches ``max_completion_length``
+  without EOS gets reward 0, whatever the reward functions say; TRL grades it like any other (``"grade"``). With a
+  binary rule-based reward (the paper's), a cut reasoning trace that happens to end on the right number would
+  otherwise be paid. This is not TRL's ``mask_truncated_completions``, which keeps the graded reward (and the cut
+  completion's place in the group baseline) but removes its tokens from the loss; ``apo``/``adpo`` reject that one,
+  and for ``grpo``/``gspo`` the two compose (the cut completion then scores 0 in the baseline and adds no tokens to
+  the loss).
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
@@ -60,6 +67,7 @@ ALGORITHMS = GROUP_ALGORITHMS + tuple(TRL_ALGORITHMS)
 ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
 SEQUENCE_SCORES = ("sum", "mean")
 CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
+TRUNCATION_POLICIES = ("zero", "grade")
 
 
 @dataclass
@@ -130,6 +138,14 @@ class APOConfig(GRPOConfig):
             "help": "Optimizer steps fed by each rollout (PPO-style mini-batches of whole groups): sets "
             "steps_per_generation = updates_per_rollout x gradient_accumulation_steps. None: TRL's "
             "steps_per_generation (default: one step per rollout). Epochs over a rollout: num_iterations."
+        },
+    )
+    truncated_completions: str = field(
+        default="zero",
+        metadata={
+            "help": f"Reward of a completion cut at max_completion_length without EOS: one of {TRUNCATION_POLICIES}. "
+            "'zero': 0 whatever the reward functions return (a cut trace has no final answer; counted in "
+            "completions/clipped_ratio); 'grade': the reward functions' score, as TRL does."
         },
     )
     # --- fast generation hook (apo.integrations.trl.generation) ---
@@ -251,6 +267,7 @@ class APOConfig(GRPOConfig):
         choice("alpha_schedule", ALPHA_SCHEDULES)
         choice("sequence_score", SEQUENCE_SCORES)
         choice("confidence_source", CONFIDENCE_SOURCES)
+        choice("truncated_completions", TRUNCATION_POLICIES)
         for name in ("alpha", "alpha_min", "alpha_max"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")

@@ -5,6 +5,11 @@ What it overrides, and why (everything else is TRL's):
 - ``_calculate_rewards`` / ``_generate_and_score_completions``: carry the raw per-completion reward (TRL's weighted
   sum over reward functions, local slice) and a ``group_ids`` tensor (unique per prompt across processes and over the
   run) to the loss. TRL passes only z-scored advantages. The ``G`` rows of each group are checked to hold one prompt.
+- ``_calculate_rewards`` also applies ``args.truncated_completions`` (every algorithm, train and eval): under
+  ``"zero"`` (the default) a completion cut at ``max_completion_length`` without EOS scores 0 from every reward
+  function before TRL forms advantages, so GRPO/GSPO baselines and APO targets all see the same 0. TRL's
+  ``completions/clipped_ratio`` counts these completions; ``completions/truncated_graded_reward`` is the mean reward
+  the functions would have paid them. TRL's ``mask_truncated_completions`` is another thing (see :mod:`.config`).
 - ``_prepare_inputs``: TRL shuffles the generation batch row-wise before cutting it into ``steps_per_generation``
   micro-batches; here whole groups are shuffled instead (:func:`apo.integrations.trl.batching.shuffle_whole_groups`,
   seeded from torch's global generator like TRL's). Applied to every algorithm whenever
@@ -159,7 +164,30 @@ class APOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        rewards_per_func = self._apply_truncation_policy(rewards_per_func, completion_ids_list)
         self._rewards_per_func = rewards_per_func  # [N_global, F], gathered over processes by TRL
+        return rewards_per_func
+
+    def _apply_truncation_policy(self, rewards_per_func: Tensor, completion_ids_list: list) -> Tensor:
+        """``args.truncated_completions`` on the gathered ``[N_global, F]`` rewards: with ``"zero"``, every reward
+        function's score of a truncated completion becomes 0 (NaN, "unscorable", included). Truncated means TRL's
+        ``completions/clipped_ratio`` rule: the last completion token is neither an EOS nor the pad token, i.e.
+        generation stopped at ``max_completion_length``. Logs ``completions/truncated_graded_reward``: the mean
+        weighted reward the functions gave the truncated completions before the policy (only when there are some)."""
+        mode = "train" if self.model.training else "eval"
+        eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
+        device = rewards_per_func.device
+        truncated_n = torch.tensor(
+            [len(ids) > 0 and int(ids[-1]) not in eos_and_pad for ids in completion_ids_list], device=device
+        )
+        truncated_N = self.accelerator.gather(truncated_n)  # same order as TRL's gather of the rewards
+        if truncated_N.any():
+            weights_F = self.reward_weights.to(device)
+            graded_N = (rewards_per_func[truncated_N] * weights_F.unsqueeze(0)).nansum(dim=1)
+            self._metrics[mode]["completions/truncated_graded_reward"].append(graded_N.mean().item())
+        if self.args.truncated_completions == "zero":
+            rewards_per_func = rewards_per_func.clone()
+            rewards_per_func[truncated_N] = 0.0
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:

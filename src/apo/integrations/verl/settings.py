@@ -1,0 +1,108 @@
+"""``APOLossSettings``: the APO keys of verl's ``actor_rollout_ref.actor.policy_loss`` section, their defaults and
+their checks, without importing verl (so the main test suite checks them too).
+
+:class:`apo.integrations.verl.config.APOPolicyLossConfig` is verl's ``PolicyLossConfig`` plus this class. The
+defaults are the paper's (Sec. 7 "Configuration") and those of :class:`apo.APOConfig`: ``tau_anchor = 0.8``,
+``beta_reward = 1.0``, ``alpha_max = 0.9``, ``alpha_min = 0.35``, ``alpha_ema = baseline_ema = 0.1``, ``reward_scale
+= 0.5``; ``eps`` is ``APOConfig.reward_eps``. Every key is checked when the config is built (``__post_init__``), not
+at the first step: a bad value raises a one-line ``ValueError`` that names ``policy_loss.<key>``, the value and the
+allowed range.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from apo.core.schedules import SCHEDULES, make_alpha_schedule, schedule_params
+from apo.core.scores import SCORE_MODES
+
+SECTION = "policy_loss"
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{SECTION}.{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class APOLossSettings:
+    """APO's settings in verl's policy-loss section (paper Sec. 3-5); validated on construction."""
+
+    alpha_schedule: str = "fixed"
+    """How alpha moves: ``fixed``, ``guarded`` (Eq. 19-23) or ``ess`` (Eq. 21); updated once per rollout."""
+    alpha: float = 0.6
+    """alpha of the ``fixed`` schedule, in [0, 1] (1: forward KL, 0: reverse KL)."""
+    alpha_min: float = 0.35
+    """Lower end of the ``guarded`` and ``ess`` schedules, in [0, alpha_max]."""
+    alpha_max: float = 0.9
+    """Upper end of the ``guarded`` and ``ess`` schedules, and their starting value, in [alpha_min, 1]."""
+    alpha_ema: float = 0.1
+    """rho in (0, 1] of Eq. 23 (``guarded``): smoothing rate of alpha."""
+    baseline_ema: float = 0.1
+    """lambda in (0, 1] of Eq. 20 (``guarded``): rate of the EMA reward baseline."""
+    reward_scale: float = 0.5
+    """s_R > 0 of Eq. 20 (``guarded``) until measured; then the pooled std of the individual rewards of past rollouts."""
+    ess_target: float = 0.5
+    """gamma in (0, 1] of Eq. 21 (``ess``): target ESS as a fraction of the group size."""
+    tau_anchor: float = 0.8
+    """tau_anc > 0 of Eq. 2: anchored logits u = (l - l_old) / tau_anc (the paper's 0.8)."""
+    beta_reward: float = 1.0
+    """beta_r > 0 of Eq. 5: target q = softmax(zscore(R) / beta_r)."""
+    eps: float = 1e-6
+    """epsilon > 0 of Eq. 4's z-score (0 would make a group of equal rewards 0/0)."""
+    weight_clip: list[float] | None = None
+    """Optional ``[w_min, w_max]`` of Eq. 24, 0 <= w_min <= 1 <= w_max; null disables clipping."""
+    sequence_score: str = "sum"
+    """Sequence score l_i: ``sum`` of token log-probs (the paper) or their ``mean``."""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise a one-line ``ValueError`` naming ``policy_loss.<key>`` for the first invalid setting."""
+        if self.alpha_schedule not in SCHEDULES:
+            raise ValueError(
+                f"{SECTION}.alpha_schedule={self.alpha_schedule!r} is unknown; valid: {sorted(SCHEDULES)}"
+            )
+        if self.sequence_score not in SCORE_MODES:
+            raise ValueError(f"{SECTION}.sequence_score must be one of {SCORE_MODES}, got {self.sequence_score!r}")
+        for name in ("alpha", "alpha_min", "alpha_max"):
+            if not 0.0 <= _number(name, getattr(self, name)) <= 1.0:
+                raise ValueError(
+                    f"{SECTION}.{name} must be in [0, 1] (alpha=1: forward KL, alpha=0: reverse KL), "
+                    f"got {getattr(self, name)!r}"
+                )
+        if self.alpha_min > self.alpha_max:
+            raise ValueError(
+                f"{SECTION}.alpha_min ({self.alpha_min}) must be <= {SECTION}.alpha_max ({self.alpha_max})"
+            )
+        for name in ("alpha_ema", "baseline_ema", "ess_target"):
+            if not 0.0 < _number(name, getattr(self, name)) <= 1.0:
+                raise ValueError(f"{SECTION}.{name} must be in (0, 1], got {getattr(self, name)!r}")
+        for name in ("tau_anchor", "beta_reward", "reward_scale", "eps"):
+            if not _number(name, getattr(self, name)) > 0.0:
+                raise ValueError(f"{SECTION}.{name} must be > 0, got {getattr(self, name)!r}")
+        self.weight_clip_tuple()
+        self.make_schedule()  # the schedule's own checks of its parameters
+
+    def weight_clip_tuple(self) -> tuple[float, float] | None:
+        """``(w_min, w_max)`` of Eq. 24, or ``None`` when clipping is off."""
+        if self.weight_clip is None:
+            return None
+        if isinstance(self.weight_clip, (str, bytes)) or len(self.weight_clip) != 2:
+            raise ValueError(f"{SECTION}.weight_clip must be [w_min, w_max] or null, got {self.weight_clip!r}")
+        w_min, w_max = (_number("weight_clip", w) for w in self.weight_clip)
+        if not 0.0 <= w_min <= 1.0 <= w_max:
+            raise ValueError(f"{SECTION}.weight_clip must satisfy 0 <= w_min <= 1 <= w_max, got {self.weight_clip!r}")
+        return w_min, w_max
+
+    def schedule_params(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`apo.core.make_alpha_schedule` for ``alpha_schedule``."""
+        return schedule_params(self)
+
+    def make_schedule(self):
+        """A fresh alpha schedule of these settings."""
+        return make_alpha_schedule(self.alpha_schedule, **self.schedule_params())
