@@ -44,7 +44,7 @@ class APOLossSettings:
     baseline_ema: float = 0.1
     """lambda in (0, 1] of Eq. 20 (``guarded``): rate of the EMA reward baseline."""
     reward_scale: float = 0.5
-    """s_R > 0 of Eq. 20 (``guarded``) until measured; then the pooled std of the individual rewards of past rollouts."""
+    """s_R > 0 of Eq. 20 (``guarded``) until measured; then the pooled std of past individual rewards."""
     ess_target: float = 0.5
     """gamma in (0, 1] of Eq. 21 (``ess``): target ESS as a fraction of the group size."""
     tau_anchor: float = 0.8
