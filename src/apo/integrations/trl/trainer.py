@@ -16,8 +16,9 @@ What it overrides, and why (everything else is TRL's):
   (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
   ``make_groups`` verifies the grouping at every call.
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: every checkpoint folder is written under
-  ``.partial/`` and renamed into place when complete (a kill leaves the previous one intact); the alpha schedule's
-  state goes to ``apo_alpha_schedule.json`` in it and is restored on resume.
+  ``.partial/``, completed by a manifest of its files' sizes and SHA-256 (``apo_manifest.json``, written last, see
+  :mod:`.checkpoints`) and renamed into place (a kill leaves the previous one intact); the alpha schedule's state goes
+  to ``apo_alpha_schedule.json`` in it and is restored on resume.
 
 Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
 
@@ -84,6 +85,7 @@ from apo.core.scores import sequence_logprob
 from apo.core.targets import boltzmann_log_target
 
 from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
+from .checkpoints import fsync_path, write_manifest
 from .config import GROUP_ALGORITHMS, APOConfig
 from .generation import generate_single_turn
 
@@ -378,7 +380,8 @@ class APOTrainer(GRPOTrainer):
 
         Transformers writes the folder in place, so a kill mid-write leaves a partial ``checkpoint-N`` that
         ``get_last_checkpoint`` would pick on resume. Here the parent writes into ``<output_dir>/.partial/`` and the
-        folder is renamed into place once every process has written its part; only then are old checkpoints
+        folder is renamed into place once every process has written its part and the main process has added the
+        manifest (:func:`.checkpoints.write_manifest`, the last file written); only then are old checkpoints
         rotated out (``save_total_limit``), so a kill at any moment leaves the previous checkpoint whole."""
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -399,9 +402,11 @@ class APOTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = os.path.join(run_dir, name)
+            write_manifest(os.path.join(staging, name), self.state.global_step)  # last: marks the folder complete
             if os.path.exists(final):  # the same step saved again (e.g. the last step of a resumed run)
                 shutil.rmtree(final)
             os.replace(os.path.join(staging, name), final)
+            fsync_path(run_dir)
             shutil.rmtree(staging, ignore_errors=True)
             rotate_checkpoints(
                 output_dir=run_dir,
