@@ -66,12 +66,13 @@ import os
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 import trl
 from torch import Tensor
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
@@ -386,6 +387,9 @@ class APOTrainer(GRPOTrainer):
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = os.path.join(run_dir, ".partial")
+        if self.args.should_save:  # what a killed process left there is incomplete: start the folder afresh
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         original_output_dir = self.args.output_dir
         self.args.output_dir = staging  # _get_output_dir(trial=None) reads args.output_dir
         try:
@@ -403,18 +407,31 @@ class APOTrainer(GRPOTrainer):
         if self.args.should_save:
             final = os.path.join(run_dir, name)
             write_manifest(os.path.join(staging, name), self.state.global_step)  # last: marks the folder complete
-            if os.path.exists(final):  # the same step saved again (e.g. the last step of a resumed run)
-                shutil.rmtree(final)
+            if os.path.exists(final):  # the same step saved again (e.g. a damaged checkpoint passed over on resume)
+                os.replace(final, os.path.join(staging, f"old-{name}"))
             os.replace(os.path.join(staging, name), final)
             fsync_path(run_dir)
+            self._rotate_checkpoints_atomically(run_dir, staging)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
         self.accelerator.wait_for_everyone()
+
+    def _rotate_checkpoints_atomically(self, run_dir: str, staging: str) -> None:
+        """``transformers.trainer_utils.rotate_checkpoints`` (keep the newest ``save_total_limit`` checkpoints and
+        the best one), except that each old checkpoint is first renamed into ``staging`` and deleted there: a kill
+        during the deletion never leaves a half-deleted ``checkpoint-N`` in view."""
+        limit = self.args.save_total_limit
+        if limit is None or limit <= 0:
+            return
+        best = self.state.best_model_checkpoint
+        found = sort_checkpoints(run_dir, best_model_checkpoint=best)
+        protected = {found[-1]} | ({str(Path(best))} if best is not None else set())
+        remaining, keep = len(found), max(limit, len(protected))
+        for path in found:
+            if remaining <= keep:
+                break
+            if path not in protected:
+                os.replace(path, os.path.join(staging, f"old-{os.path.basename(path)}"))
+                remaining -= 1
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
