@@ -17,13 +17,12 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from fault_zygote import Zygote, survivors
 
 from apo.integrations.trl.checkpoints import verify_checkpoint
 
@@ -32,55 +31,6 @@ TIME_KEYS = {"time", "wall_time_s", "step_time"}
 MIN_TRIALS = 12  # signals delivered to a running process (half SIGKILL, half SIGTERM)
 MAX_DELAY_S = 4.0  # a fresh run takes about 4-5 s from fork to summary on one core
 SEED = 20261130
-
-
-class Zygote:
-    """Client of ``fault_zygote.py``: ``start(argv, log) -> pid``, ``wait(pid) -> exit status``."""
-
-    def __init__(self):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("fault_zygote.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        assert self.proc.stdout.readline().strip() == "ready"
-
-    def _ask(self, req: dict) -> int:
-        self.proc.stdin.write(json.dumps(req) + "\n")
-        self.proc.stdin.flush()
-        return int(self.proc.stdout.readline())
-
-    def start(self, argv: list[str], log: Path) -> int:
-        return self._ask({"argv": argv, "log": str(log)})
-
-    def wait(self, pid: int) -> int:
-        return self._ask({"wait": pid})
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    """The processes of ``procs`` still running (a zombie, dead but not reaped, counts as gone)."""
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def survivors(procs: list[psutil.Process], timeout: float = 10.0) -> list[psutil.Process]:
-    deadline = time.time() + timeout
-    while (left := alive(procs)) and time.time() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 def rows(run: Path) -> list[dict]:

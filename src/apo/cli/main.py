@@ -1,4 +1,4 @@
-"""The ``apo`` command: ``train``, ``eval``, ``config``, ``compare``, ``plot``.
+"""The apo command: train, eval, config, compare, plot.
 
     apo train [CONFIG] [key=value ...] [--resume]
     apo eval [CONFIG] [key=value ...] [--policy PATH]
@@ -55,13 +55,14 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
-    from apo.cli.run import evaluate, load_inputs
+    from apo.cli.run import evaluate, load_inputs, loading_inputs
 
     values = _values(args.items)
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)
-    reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
+    with loading_inputs(cfg):
+        reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
     result = evaluate(
         model,
         tokenizer,

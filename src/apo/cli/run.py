@@ -16,6 +16,7 @@ A run directory holds::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -372,7 +373,8 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    reward_fn, model, tokenizer, train_ds = load_inputs(cfg, "train")
+    with loading_inputs(cfg):
+        reward_fn, model, tokenizer, train_ds = load_inputs(cfg, "train")
     eval_kw = dict(
         samples=cfg.eval_samples,
         temperature=cfg.temperature,
@@ -382,10 +384,11 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
     )
     eval_ds = None
     if cfg.eval_before_after:
-        try:
-            eval_ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
-        except ValueError as e:
-            raise cfglib.ConfigError(str(e)) from None
+        with loading_inputs(cfg):
+            try:
+                eval_ds = load_data(cfg, tokenizer, "eval", cfg.eval_size, cfg.eval_seed)
+            except ValueError as e:
+                raise cfglib.ConfigError(str(e)) from None
     created = [] if resume else _start_run_dir(run_dir, values)
     try:
         if cfg.eval_before_after and not (run_dir / "eval_before.json").exists():
@@ -443,6 +446,44 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
     plot_run(run_dir)
     _write_json(run_dir / "summary.json", summary)  # last: marks the run finished
     return run_dir
+
+
+@contextlib.contextmanager
+def loading_inputs(cfg):
+    """Turn any failure to load the model, data or reward (other than a :class:`ConfigError`) into a one-line
+    ``ConfigError`` naming the settings involved and the chain of causes: a library's own exception (e.g. a
+    ``DatasetGenerationError`` for a task file that is not JSON) says what went wrong but not which setting to
+    change. Meanwhile ``datasets``' own ERROR log lines are held back: the error raised says the same in one line."""
+
+    def drop_dataset_errors(record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("datasets") and record.levelno >= logging.ERROR)
+
+    try:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # "Generating train split" bars: the run has its own progress bar
+    except ImportError:
+        pass
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(drop_dataset_errors)
+    try:
+        yield
+    except cfglib.ConfigError:
+        raise
+    except Exception as e:
+        causes, x = [], e
+        while x is not None and len(causes) < 5:
+            text = " ".join(str(x).split())
+            causes.append(f"{type(x).__name__}: {text}" if text else type(x).__name__)
+            x = x.__cause__ or (None if x.__suppress_context__ else x.__context__)
+        raise cfglib.ConfigError(
+            f"could not load the inputs (model={cfg.model!r}, task={cfg.task!r}, reward={cfg.reward!r}): "
+            + "; caused by ".join(causes)
+        ) from None
+    finally:
+        for h in handlers:
+            h.removeFilter(drop_dataset_errors)
 
 
 def _start_run_dir(run_dir: Path, values: dict[str, Any]) -> list[Path]:
