@@ -413,7 +413,7 @@ def test_compare_passes_the_stop_on_and_leaves_resumable_runs(tmp_path, monkeypa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     last = err.strip().splitlines()[-1]
-    args = " ".join([*COMPARE, "--out", str(out), *FAST, "max_steps=30", "save_steps=100"])
+    args = " ".join([*COMPARE[1:], "--out", str(out), *FAST, "max_steps=30", "save_steps=100"])
     expected = _fault("SIGTERM to apo compare").line.replace("<same arguments>", args)
     assert last == expected
     for r in runs:  # each stopped at a step boundary with a checkpoint of that step
