@@ -277,4 +277,22 @@ def render(messages: list[str]) -> str:
     ]
     for i, f in enumerate(FAULTS, len(CASES) + 1):
         out.append(f"| {i} | {f.cls} | `{cell(f.command)}` | {f.code} | `{cell(f.line)}` | `{f.test}` |")
+    from apo.cli.config import RANGES, UNCONSTRAINED
+
+    out += [
+        "",
+        f"## Allowed ranges ({len(RANGES)} keys)",
+        "",
+        "`apo.cli.config.RANGES`, checked when the config is resolved (`apo config`, `apo train`, `apo eval`,",
+        "`apo compare`). `a | b`: either; `None` passes wherever the key's type allows it (unset). A new numeric",
+        "config key needs a line there (or in `UNCONSTRAINED`, with the reason); a test fails otherwise.",
+        "",
+        "| key | allowed |",
+        "|---|---|",
+        *(f"| `{k}` | `{cell(v)}` |" for k, v in sorted(RANGES.items())),
+        "",
+        "Numeric keys without a range:",
+        "",
+        *(f"- `{k}`: {v}" for k, v in sorted(UNCONSTRAINED.items())),
+    ]
     return "\n".join(out) + "\n"

@@ -7,11 +7,18 @@ A run directory holds::
                          and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
     eval_before.json     held-out mean reward of the starting policy (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
-    summary.json         wall time, steps, rewards before/after
     curves.png           reward, alpha and ESS per step
     checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
-                         written under a temporary name and renamed when complete, so a kill leaves the last one
+                         written under .partial/, completed by apo_manifest.json (every file's size and SHA-256,
+                         written last) and renamed into place, so a kill leaves the last one whole; --resume
+                         passes over a checkpoint that does not match its manifest, naming it
     final/               the trained model (safetensors) and tokenizer
+    summary.json         wall time, steps, rewards before/after; written last, so it marks the run finished
+                         (--resume of a finished run then reports it and changes nothing)
+
+The JSON and YAML files and final/ are written under a temporary name and renamed (metrics.jsonl gets one appended
+line per step; its lines past the resumed checkpoint are dropped on resume), so a reader never sees half of one;
+curves.png is redrawn at the end of every run.
 """
 
 from __future__ import annotations
