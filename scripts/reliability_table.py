@@ -19,6 +19,10 @@ def generate() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for i, case in enumerate(CASES):
             code, lines = run_case(case, Path(tmp) / str(i))
+            if case.pending and code == 0:
+                print(f"case {i} ({case.cls}) left out: pending {case.pending}", file=sys.stderr)
+                messages.append(None)
+                continue
             if code != case.code or len(lines) != 1 or case.expect not in lines[0]:
                 raise SystemExit(f"case {i} ({case.cls}): exit {code}, stderr {lines}")
             messages.append(lines[0])

@@ -2,7 +2,8 @@
 
 - :data:`CASES`: a command line (and the files it reads) that must end, before any work, with exit status ``code``,
   exactly one line on stderr containing ``expect``, and nothing written (the working folder holds the same files
-  after the command as before).
+  after the command as before). A ``pending`` case depends on a check made elsewhere; while the command still
+  succeeds, it is skipped (an expected failure) and left out of the table.
   ``tests/test_reliability.py`` runs each one; ``scripts/reliability_table.py`` runs each one too and writes the line
   it printed into the table.
 - :data:`FAULTS`: faults met while a run goes on (signals, kills, damaged checkpoints, a finished run resumed), each
@@ -26,6 +27,7 @@ class Case:
     expect: str  # a part of the one line printed on stderr
     files: dict[str, str] = field(default_factory=dict)  # files written (relative to the working folder) first
     code: int = 2
+    pending: str = ""  # a check that lives elsewhere and may not be there yet: the case is skipped until it is
 
 
 def train(*items: str) -> list[str]:
@@ -119,6 +121,13 @@ CASES: list[Case] = [
         "task='cols.jsonl'",
         files={"cols.jsonl": '{"text": "1+1"}\n'},
     ),
+    Case(
+        "task file with a null answer",
+        train("task=nullq.jsonl", "max_steps=1", "eval_before_after=false", "per_device_train_batch_size=16"),
+        "nullq.jsonl",
+        files={"nullq.jsonl": '{"question": "1+1", "answer": null}\n{"question": "2+2", "answer": "4"}\n'},
+        pending="the loader's check of empty answers (apo.tasks.datasets)",
+    ),
     # other commands
     Case("apo plot on a missing folder", ["plot", "missing"], "apo plot: 'missing' does not exist"),
     Case("apo plot on a folder without runs", ["plot", "empty"], "is not a run directory", files={"empty/x": ""}),
@@ -145,7 +154,7 @@ CASES: list[Case] = [
 class Fault:
     cls: str
     command: str
-    code: int
+    code: int | None  # None: no exit status of its own to report
     line: str  # the exact line printed (stderr; a log line where it says INFO / WARNING)
     test: str  # the test that checks it
 
@@ -170,7 +179,7 @@ FAULTS: list[Fault] = [
         "a second signal while stopping",
         "apo train ... (SIGTERM twice)",
         143,
-        f"apo: stopped at once; resume with: {RESUME} (SIGTERM)",
+        f"apo: stopped at once by a second SIGTERM; resume with: {RESUME}",
         "test_second_signal_stops_at_once",
     ),
     Fault(
@@ -183,7 +192,7 @@ FAULTS: list[Fault] = [
     Fault(
         "SIGKILL during training (or during a checkpoint write)",
         "apo train ... ; apo train ... --resume",
-        0,
+        None,
         "(no line: the reward worker dies with the run; --resume continues from the newest intact checkpoint)",
         "test_fault_injection.py",
     ),
@@ -213,7 +222,7 @@ FAULTS: list[Fault] = [
     Fault(
         "SIGKILL of apo compare",
         "apo compare --jobs 2 ...",
-        0,
+        None,
         "(no line: every run process dies with the comparison)",
         "test_compare_workers_die_with_a_killed_comparison",
     ),
@@ -240,8 +249,9 @@ def run_case(case: Case, workdir: Path) -> tuple[int, list[str]]:
     return code, [ln for ln in err.getvalue().splitlines() if ln.strip()]
 
 
-def render(messages: list[str]) -> str:
-    """``docs/reliability.md`` from :data:`CASES` (with ``messages``, the line each printed) and :data:`FAULTS`."""
+def render(messages: list[str | None]) -> str:
+    """``docs/reliability.md`` from :data:`CASES` (with ``messages``, the line each printed; ``None``: a pending case
+    that printed none, left out) and :data:`FAULTS`."""
     out = [
         "# Reliability: bad inputs and faults",
         "",
@@ -252,10 +262,10 @@ def render(messages: list[str]) -> str:
         "stopped by SIGINT / SIGTERM (a checkpoint is saved at the step boundary; the line gives the command that",
         "resumes).",
         "",
-        f"## Bad input ({len(CASES)} classes)",
+        f"## Bad input ({sum(m is not None for m in messages)} classes)",
         "",
         "Each ends before any model or data work (values: when the config is built), with one line on stderr, and",
-        "leaves nothing behind (no `output_dir`), so the corrected command runs as it is.",
+        "leaves the working folder as it was (no `output_dir` created), so the corrected command runs as it is.",
         "",
         "| # | class | command (after `apo`) | files | exit | message |",
         "|---|---|---|---|---|---|",
@@ -264,7 +274,8 @@ def render(messages: list[str]) -> str:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", "\\n")
 
-    for i, (case, msg) in enumerate(zip(CASES, messages, strict=True), 1):
+    shown = [(case, msg) for case, msg in zip(CASES, messages, strict=True) if msg is not None]
+    for i, (case, msg) in enumerate(shown, 1):
         files = "; ".join(f"`{k}`: `{cell(v)}`" if v else f"`{k}` (empty)" for k, v in case.files.items())
         argv = " ".join(case.argv)
         out.append(f"| {i} | {case.cls} | `{cell(argv)}` | {files} | {case.code} | `{cell(msg)}` |")
@@ -275,8 +286,9 @@ def render(messages: list[str]) -> str:
         "| # | class | command | exit | line printed | checked by |",
         "|---|---|---|---|---|---|",
     ]
-    for i, f in enumerate(FAULTS, len(CASES) + 1):
-        out.append(f"| {i} | {f.cls} | `{cell(f.command)}` | {f.code} | `{cell(f.line)}` | `{f.test}` |")
+    for i, f in enumerate(FAULTS, len(shown) + 1):
+        code = "-" if f.code is None else f.code
+        out.append(f"| {i} | {f.cls} | `{cell(f.command)}` | {code} | `{cell(f.line)}` | `{f.test}` |")
     from apo.cli.config import RANGES, UNCONSTRAINED
 
     out += [

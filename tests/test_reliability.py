@@ -60,6 +60,8 @@ def test_bad_input_ends_in_one_line_and_leaves_nothing(case, tmp_path):
     for rel in case.files:
         before |= {rel, *(str(p) for p in Path(rel).parents if str(p) != ".")}
     code, lines = run_case(case, tmp_path)
+    if case.pending and code == 0:
+        pytest.xfail(f"pending: {case.pending}")
     assert code == case.code
     assert len(lines) == 1, lines
     assert lines[0].startswith("apo: error: ") and case.expect in lines[0], lines[0]
@@ -71,8 +73,8 @@ def test_the_doc_is_generated_from_the_cases(tmp_path):
     messages = []
     for i, case in enumerate(CASES):
         code, lines = run_case(case, tmp_path / str(i))
-        messages.append(lines[0] if lines else "")
-    assert len(CASES) + len(FAULTS) >= 40
+        messages.append(None if case.pending and code == 0 else lines[0] if lines else "")
+    assert sum(m is not None for m in messages) + len(FAULTS) >= 40
     doc = (ROOT / "docs" / "reliability.md").read_text()
     assert doc == render(messages), "docs/reliability.md is stale: run python scripts/reliability_table.py"
 

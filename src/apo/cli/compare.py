@@ -182,7 +182,8 @@ def compare(
     log: dict[str, Any] = {"config": str(config_path) if config_path else None, "overrides": list(overrides)}
     log["workers"] = len(slots)
     again = shlex.join(command) if command else "the same apo compare command"
-    with StopSignals(f"apo: stopped at once; rerun {again} to resume") as stop:
+    urgent = "apo: stopped at once by a second {signal}; resume with: " + again.replace("{", "{{").replace("}", "}}")
+    with StopSignals(urgent) as stop:
         if len(slots) == 1 and slots[0] is None:
             log["runs"] = _run_in_process(plan, stop, again)
         else:

@@ -94,10 +94,11 @@ SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 
 class StopSignals:
     """Context manager: while active, the first ``SIGINT`` / ``SIGTERM`` sets :attr:`signum` (the run stops at the
-    next step boundary); a second ends the process at once with ``128 + signum`` after printing ``urgent_line``.
+    next step boundary); a second ends the process at once with ``128 + signum`` after printing ``urgent_line``
+    (``{signal}`` in it: the second signal's name).
     Outside the main thread (where Python cannot set handlers) it does nothing. Handlers are restored on exit."""
 
-    def __init__(self, urgent_line: str = "apo: stopped at once by a second signal"):
+    def __init__(self, urgent_line: str = "apo: stopped at once by a second {signal}"):
         self.signum: int | None = None
         self.urgent_line = urgent_line
         self._saved: dict[int, object] = {}
@@ -116,7 +117,7 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            print(f"{self.urgent_line} ({SIGNAL_NAMES.get(signum, signum)})", file=sys.stderr, flush=True)
+            print(self.urgent_line.format(signal=SIGNAL_NAMES.get(signum, signum)), file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
         logging.getLogger("apo").warning(

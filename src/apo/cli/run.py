@@ -326,7 +326,8 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     """
     cfg = cfglib.build(values)
     run_dir = Path(cfg.output_dir)
-    with StopSignals(f"apo: stopped at once; resume with: {resume_command(run_dir)}") as stop:
+    command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
+    with StopSignals("apo: stopped at once by a second {signal}; resume with: " + command) as stop:
         return _train(values, cfg, run_dir, resume, stop)
 
 
