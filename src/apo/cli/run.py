@@ -317,7 +317,9 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
       summary): no step is trained again.
     - Signals: the first SIGINT / SIGTERM stops training at the end of the current optimizer step, after a
       checkpoint (unless ``save_strategy`` is ``no``), and raises :class:`apo.cli.process.RunStopped` whose message
-      is the command that resumes (exit status 128 + signal number); a second signal ends the process at once.
+      is the command that resumes (exit status 128 + signal number); a second signal ends the process at once. A
+      signal that comes while a trained run draws ``curves.png`` and writes ``summary.json`` (about a second) lets
+      it finish.
 
     Raises:
         ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``), nothing or a
