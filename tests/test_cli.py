@@ -59,7 +59,7 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
         ("alpha=high", "config key 'alpha': expected float, got str 'high'"),
         ("max_steps=1.5", "config key 'max_steps': expected int"),
         ("alpha_min=0.9", "alpha_min (0.9) must be <= alpha_max (0.5)"),
-        ("num_generations=1", "num_generations must be >= 2"),
+        ("num_generations=1", "config key 'num_generations': 1 is out of range (allowed: >= 2)"),
         ("per_device_train_batch_size=12", "per_device_train_batch_size (12) must be a multiple of num_generations"),
         ("algorithm=ppo", "unknown algorithm 'ppo'"),
         ("mask_truncated_completions=true", "does not support mask_truncated_completions=True"),

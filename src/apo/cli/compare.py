@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 
 from apo.cli import config as cfglib
 from apo.cli.presets import preset, split_variant
+from apo.cli.process import RunStopped, StopSignals, children_die_with_this_process, die_with_parent, setup
 from apo.cli.run import saved_config_diff
 
 logger = logging.getLogger("apo")
@@ -105,6 +107,7 @@ def compare(
     *,
     jobs: int | None = None,
     devices: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> Path:
     """Train every preset in ``algorithms`` with every seed in ``seeds``, then draw the comparison
     (:func:`plot_comparison`); returns the comparison folder.
@@ -127,11 +130,18 @@ def compare(
     and its output in ``<out>/<run>.log``. After a failed run no new run starts; the running ones finish, the
     figures are not drawn, and :class:`CompareError` names the failed runs and their logs.
 
+    Stops and deaths: every run process dies with this one (``PR_SET_PDEATHSIG`` on Linux, SIGKILL included) and runs
+    in its own session, so a Ctrl-C reaches this process only. The first SIGINT / SIGTERM is passed to the running
+    runs, which stop at their next optimizer step with a checkpoint; no new run starts, and
+    :class:`apo.cli.process.RunStopped` (exit status 128 + signal number) names ``command`` (the command line that
+    started the comparison) as the one that resumes it. A second signal ends everything at once.
+
     Raises:
         ConfigError: an unknown preset (listing the valid ones), a malformed variant, an invalid override or
             ``jobs`` / ``devices``, a repeated algorithm or seed, or a run directory (finished or not) whose saved
             config differs from the one requested.
         CompareError: a run failed in its own process.
+        RunStopped: stopped by SIGINT / SIGTERM.
     """
     if not algorithms or not seeds:
         raise cfglib.ConfigError("apo compare needs at least one algorithm (--algorithms) and one seed (--seeds)")
@@ -171,12 +181,22 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     log: dict[str, Any] = {"config": str(config_path) if config_path else None, "overrides": list(overrides)}
     log["workers"] = len(slots)
-    if len(slots) == 1 and slots[0] is None:
-        log["runs"] = _run_in_process(plan)
-    else:
-        log["runs"] = _run_in_workers(plan, slots, out)
+    again = shlex.join(command) if command else "the same apo compare command"
+    urgent = "apo: stopped at once by a second {signal}; resume with: " + again.replace("{", "{{").replace("}", "}}")
+    with StopSignals(urgent) as stop:
+        if len(slots) == 1 and slots[0] is None:
+            log["runs"] = _run_in_process(plan, stop, again)
+        else:
+            log["runs"] = _run_in_workers(plan, slots, out, stop)
     log["wall_time_s"] = time.time() - t0
     (out / "compare.json").write_text(json.dumps(log, indent=2) + "\n")
+    if stop.requested:
+        left = sum(r["status"] in ("stopped", "not started") for r in log["runs"])
+        raise RunStopped(
+            f"comparison stopped by {stop.name} ({left} of {len(plan)} runs unfinished, each resumable); "
+            f"resume with: {again}",
+            stop.code,
+        )
     failed = [r for r in log["runs"] if r["status"] == "failed"]
     if failed:
         raise CompareError(
@@ -191,7 +211,7 @@ def _is_finished(run_dir: Path) -> bool:
     return (run_dir / "summary.json").exists()
 
 
-def _run_in_process(plan: list[tuple[Path, dict]]) -> list[dict]:
+def _run_in_process(plan: list[tuple[Path, dict]], stop: StopSignals, again: str) -> list[dict]:
     from apo.cli.run import train  # noqa: PLC0415 - torch and trl load only when something trains
 
     runs = []
@@ -200,17 +220,27 @@ def _run_in_process(plan: list[tuple[Path, dict]]) -> list[dict]:
             logger.info("[%d/%d] %s: finished earlier, skipped", i, len(plan), run_dir)
             runs.append({"run": run_dir.name, "status": "skipped"})
             continue
+        if stop.requested:  # a signal between two runs
+            runs.append({"run": run_dir.name, "status": "not started"})
+            continue
         resume = (run_dir / "config.yaml").exists()
         logger.info("[%d/%d] %s: %s", i, len(plan), run_dir, "resuming" if resume else "training")
         t_run = time.time()
-        train(values, resume=resume)
+        try:
+            train(values, resume=resume)
+        except RunStopped as e:  # train's own handler took the signal: the comparison stops with it
+            stop.signum = e.code - 128
+            runs.append({"run": run_dir.name, "status": "stopped", "returncode": e.code})
+            continue
         runs.append(
             {"run": run_dir.name, "status": "resumed" if resume else "trained", "wall_time_s": time.time() - t_run}
         )
     return runs
 
 
-def _run_in_workers(plan: list[tuple[Path, dict]], slots: list[str | None], out: Path) -> list[dict]:
+def _run_in_workers(
+    plan: list[tuple[Path, dict]], slots: list[str | None], out: Path, stop: StopSignals
+) -> list[dict]:
     """Run ``plan`` in child processes, at most one per slot; returns one record per run, in plan order."""
     records: dict[str, dict] = {}
     todo = []
@@ -222,49 +252,61 @@ def _run_in_workers(plan: list[tuple[Path, dict]], slots: list[str | None], out:
     free = list(range(len(slots)))
     running: dict[int, tuple[subprocess.Popen, Path, dict, float, Any]] = {}
 
-    def stop_on_signal(signum, frame):  # SIGTERM / SIGHUP (a scheduler, a closed terminal): clean up as on Ctrl-C
+    def hang_up(signum, frame):  # a closed terminal: clean up as on an error
         raise SystemExit(128 + signum)
 
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        handlers = {sig: signal.signal(sig, stop_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    hup = signal.signal(signal.SIGHUP, hang_up) if threading.current_thread() is threading.main_thread() else None
     try:
-        _schedule(todo, running, free, slots, out, records)
+        _schedule(todo, running, free, slots, out, records, stop)
     finally:  # an interrupted comparison leaves no training process behind (a rerun resumes the runs)
         for proc, *_ in running.values():
-            proc.terminate()
+            proc.terminate()  # SIGTERM: the run stops at its next step, with a checkpoint
         for proc, _, _, _, log_file in running.values():
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
             log_file.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    for run_dir, _ in todo:  # not started after a failure
+        if hup is not None:
+            signal.signal(signal.SIGHUP, hup)
+    for run_dir, _ in todo:  # not started after a failure or a stop
         records[run_dir.name] = {"run": run_dir.name, "status": "not started"}
     return [records[run_dir.name] for run_dir, _ in plan]
 
 
-def _schedule(todo, running, free, slots, out, records) -> None:
+def _schedule(todo, running, free, slots, out, records, stop: StopSignals) -> None:
     """Start runs from ``todo`` on free slots and collect finished ones into ``records`` until none is left or
-    running (no new start after a failure)."""
-    stop = False
+    running (no new start after a failure or a stop signal, which is passed on to the running runs)."""
+    halt = False
+    passed_on = False
     while todo or running:
-        while todo and free and not stop:
+        if stop.requested and not passed_on:
+            halt = passed_on = True
+            for proc, run_dir, *_ in running.values():
+                logger.info("%s: passing %s to process %d", run_dir, stop.name, proc.pid)
+                proc.send_signal(stop.signum)
+        while todo and free and not halt:
             run_dir, values = todo.pop(0)
             slot = free.pop(0)
             resume = (run_dir / "config.yaml").exists()
             spec = out / f".{run_dir.name}.json"
-            spec.write_text(json.dumps({"values": values, "resume": resume}))
+            spec.write_text(json.dumps({"values": values, "resume": resume, "parent_pid": os.getpid()}))
             env = dict(os.environ)
             if slots[slot] is not None:
                 env["CUDA_VISIBLE_DEVICES"] = slots[slot]
             log_path = out / f"{run_dir.name}.log"
             log_file = open(log_path, "a")  # noqa: SIM115 - closed when the process ends
             cmd = [sys.executable, "-m", "apo.cli.compare", str(spec)]
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+            # own session: a Ctrl-C in the terminal reaches this process, which passes it on once
+            proc = subprocess.Popen(
+                cmd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             logger.info(
                 "%s: %s in process %d (device %s), log %s",
                 run_dir,
@@ -293,9 +335,12 @@ def _schedule(todo, running, free, slots, out, records) -> None:
                 rec["status"] = "resumed" if info["resume"] else "trained"
                 (out / f".{run_dir.name}.json").unlink(missing_ok=True)
                 logger.info("%s: done in %.0f s", run_dir, rec["wall_time_s"])
+            elif stop.requested and proc.returncode in (130, 143):
+                rec.update(status="stopped", returncode=proc.returncode)
+                logger.info("%s: stopped (exit %d), resumable", run_dir, proc.returncode)
             else:
                 rec.update(status="failed", returncode=proc.returncode)
-                stop = True
+                halt = True
                 logger.error("%s failed (exit %d), see %s", run_dir, proc.returncode, info["log"])
             records[run_dir.name] = rec
 
@@ -310,15 +355,20 @@ def plot_comparison(run_dirs: list[Path], out_dir: str | Path | None = None, **k
 
 
 def _worker(spec_path: str) -> int:
-    """Child process of :func:`compare`: train the one run described in the JSON file ``spec_path``."""
+    """Child process of :func:`compare`: train the one run described in the JSON file ``spec_path``; dies with the
+    comparison (see :func:`apo.cli.process.die_with_parent`). Exit status: 0, or 128 + signal number when stopped."""
     spec = json.loads(Path(spec_path).read_text())
-    from apo.cli.main import setup
-
+    die_with_parent(spec.get("parent_pid"))
     setup()
     logger.info("CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
     from apo.cli.run import train
 
-    train(spec["values"], resume=spec["resume"])
+    children_die_with_this_process()
+    try:
+        train(spec["values"], resume=spec["resume"])
+    except RunStopped as e:
+        print(f"apo: {e}", file=sys.stderr, flush=True)
+        return e.code
     return 0
 
 

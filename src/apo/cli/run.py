@@ -7,22 +7,33 @@ A run directory holds::
                          and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
     eval_before.json     held-out mean reward of the starting policy (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
-    summary.json         wall time, steps, rewards before/after, TRL's completions/clipped_ratio (the fraction of
-                         completions cut at max_completion_length: mean over the steps and last step) and the
-                         held-out clipped ratio before/after
     curves.png           reward, alpha and ESS per step
     checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
-                         written under a temporary name and renamed when complete, so a kill leaves the last one
+                         written under .partial/, completed by apo_manifest.json (every file's size and SHA-256,
+                         written last) and renamed into place, so a kill leaves the last one whole; --resume
+                         passes over a checkpoint that does not match its manifest, naming it
     final/               the trained model (safetensors) and tokenizer
+    summary.json         wall time, steps, rewards before/after, TRL's completions/clipped_ratio (the fraction of
+                         completions cut at max_completion_length: mean over the steps and last step), the
+                         held-out clipped ratio before/after, and the stability numbers of
+                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
+                         written last, so it marks the run finished (--resume of a finished run then reports it and
+                         changes nothing)
+
+The JSON and YAML files and final/ are written under a temporary name and renamed (metrics.jsonl gets one appended
+line per step; its lines past the resumed checkpoint are dropped on resume), so a reader never sees half of one;
+curves.png is redrawn at the end of every run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +42,7 @@ from typing import Any
 import yaml
 
 from apo.cli import config as cfglib
+from apo.cli.process import RunStopped, StopSignals
 
 logger = logging.getLogger("apo")
 
@@ -250,19 +262,54 @@ def clipped_ratio_summary(metrics_path: Path) -> dict[str, float]:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through ``<path>.tmp`` and a rename: a reader sees the old file or the new one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step in ``run_dir`` (temporary folders are ignored)."""
-    best = None
-    for p in run_dir.glob("checkpoint-*"):
-        suffix = p.name.split("-", 1)[1]
-        if p.is_dir() and suffix.isdigit() and (best is None or int(suffix) > int(best.name.split("-", 1)[1])):
-            best = p
-    return best
+    """The newest checkpoint of ``run_dir`` that matches its manifest (sizes and SHA-256 of every file, see
+    :mod:`apo.integrations.trl.checkpoints`); a newer one that does not is named in a warning and passed over."""
+    from apo.integrations.trl.checkpoints import newest_intact_checkpoint
+
+    checkpoint, skipped = newest_intact_checkpoint(run_dir)
+    for path, problem in skipped:
+        logger.warning(
+            "%s is incomplete or corrupt (%s): resuming from %s",
+            path,
+            problem,
+            checkpoint.name if checkpoint is not None else "the start",
+        )
+    return checkpoint
+
+
+def _checkpoint_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Remove what a killed process may have left half-written: the checkpoint staging folder and ``*.tmp`` files."""
+    shutil.rmtree(run_dir / ".partial", ignore_errors=True)
+    for p in run_dir.glob("*.tmp"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished once ``summary.json`` is written (the last file of a run)."""
+    return (run_dir / "summary.json").is_file()
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes the run in ``run_dir`` (its saved config holds every setting)."""
+    return f"apo train {shlex.quote(str(run_dir / 'config.yaml'))} --resume"
 
 
 def _truncate_metrics(path: Path, last_step: int) -> float:
@@ -285,8 +332,17 @@ def _truncate_metrics(path: Path, last_step: int) -> float:
     return carried
 
 
-def _callbacks(run_dir: Path, max_steps: int, wall_time_s):
+def _callbacks(run_dir: Path, max_steps: int, wall_time_s, stop: StopSignals | None = None):
     from transformers import TrainerCallback
+
+    class StopOnSignal(TrainerCallback):
+        """After a first SIGINT / SIGTERM (``stop``): end training at this optimizer step, saving a checkpoint
+        (unless ``save_strategy`` is ``no``); the step's metrics are logged as usual."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop is not None and stop.requested:
+                control.should_training_stop = True
+                control.should_save = _saves(args)
 
     class MetricsJsonl(TrainerCallback):
         """Appends one JSON line per logged optimizer step to ``metrics.jsonl`` (flushed and fsynced)."""
@@ -326,20 +382,63 @@ def _callbacks(run_dir: Path, max_steps: int, wall_time_s):
                 self.bar.n = state.global_step
                 self.bar.close()
 
-    return [MetricsJsonl(), Progress()]
+    return [MetricsJsonl(), Progress(), StopOnSignal()]
+
+
+def _saves(cfg) -> bool:
+    strategy = getattr(cfg.save_strategy, "value", cfg.save_strategy)
+    return str(strategy) != "no"
 
 
 def saved_config_diff(run_dir: Path, values: dict[str, Any]) -> list[str]:
     """The sorted keys whose value in ``run_dir/config.yaml`` differs from ``values`` (a key missing on one side
     counts as ``None``)."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    saved = cfglib.yaml_load((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml")) or {}
     return sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
 
 
 def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     """Run ``apo train`` for validated config ``values`` (:func:`apo.cli.config.resolve_values`); returns the run
-    directory. With ``resume``, continues from the last complete checkpoint of the same run directory (the saved
-    config must match)."""
+    directory.
+
+    - Fresh start: the inputs (reward, model, data) are loaded before the run directory is created; a start that
+      fails before its first step removes what it wrote (``config.yaml``, ``eval_before.json``, the folder if it
+      made it), so the corrected command runs without clean-up by hand.
+    - ``resume``: the saved config must match. A finished run (``summary.json`` present) is left exactly as it is.
+      Otherwise training continues from the newest checkpoint that matches its manifest (newer, damaged ones are
+      named in a warning and passed over); ``metrics.jsonl`` lines past that checkpoint are dropped, so no step is
+      counted twice. A run whose newest checkpoint is its last step is only finalised (``final/``, evaluation,
+      summary): no step is trained again.
+    - Signals: the first SIGINT / SIGTERM stops training at the end of the current optimizer step, after a
+      checkpoint (unless ``save_strategy`` is ``no``), and raises :class:`apo.cli.process.RunStopped` whose message
+      is the command that resumes (exit status 128 + signal number); a second signal ends the process at once. A
+      signal that comes while a trained run draws ``curves.png`` and writes ``summary.json`` (about a second) lets
+      it finish.
+
+    Raises:
+        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``), nothing or a
+            different config to resume.
+        RunStopped: stopped by a signal.
+    """
+    cfg = cfglib.build(values)
+    run_dir = Path(cfg.output_dir)
+    command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
+    with StopSignals("apo: stopped at once by a second {signal}; resume with: " + command) as stop:
+        return _train(values, cfg, run_dir, resume, stop)
+
+
+def _stopped(stop: StopSignals, run_dir: Path, step: int, saved: bool) -> RunStopped:
+    if saved:
+        what = f"at step {step} (checkpoint-{step} saved)" if step else "before training started"
+        return RunStopped(f"stopped by {stop.name} {what}; resume with: {resume_command(run_dir)}", stop.code)
+    return RunStopped(
+        f"stopped by {stop.name} at step {step} without a checkpoint (save_strategy=no); "
+        f"{resume_command(run_dir)} starts it over",
+        stop.code,
+    )
+
+
+def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopSignals) -> Path:
     import torch
     from transformers import PrinterCallback, ProgressCallback
 
@@ -351,8 +450,6 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
     def wall_time_s() -> float:
         return carried + time.time() - t0
 
-    cfg = cfglib.build(values)
-    run_dir = Path(cfg.output_dir)
     saved_cfg = run_dir / "config.yaml"
     checkpoint = None
     if resume:
@@ -361,6 +458,10 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
         diff = saved_config_diff(run_dir, values)
         if diff:
             raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
+        if is_finished(run_dir):
+            logger.info("%s is finished (summary.json written): nothing to resume, nothing changed", run_dir)
+            return run_dir
+        _remove_leftovers(run_dir)
         checkpoint = last_checkpoint(run_dir)
         carried = _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     else:
@@ -372,31 +473,44 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             raise cfglib.ConfigError(
                 f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved_cfg.write_text(yaml.safe_dump(values, sort_keys=True))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     _seed_everything(cfg.seed)
 
-    reward_fn, model, tokenizer, train_ds, eval_ds = load_run_inputs(cfg)
+    with loading_inputs(cfg):
+        reward_fn, model, tokenizer, train_ds, eval_ds = load_run_inputs(cfg)
     eval_kw = eval_kwargs(cfg)
-    if cfg.eval_before_after:
-        if not (run_dir / "eval_before.json").exists():
+    created = [] if resume else _start_run_dir(run_dir, values)
+    try:
+        if cfg.eval_before_after and not (run_dir / "eval_before.json").exists():
             before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kw)
             _write_json(run_dir / "eval_before.json", before)
             logger.info("held-out reward before training: %.4f", before["reward"])
-
-    trainer = APOTrainer(
-        model=model,
-        reward_funcs=[reward_fn],
-        args=cfg,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        callbacks=_callbacks(run_dir, cfg.max_steps, wall_time_s),
-    )
+        if stop.requested:
+            raise _stopped(stop, run_dir, 0, True)
+        trainer = APOTrainer(
+            model=model,
+            reward_funcs=[reward_fn],
+            args=cfg,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            callbacks=_callbacks(run_dir, cfg.max_steps, wall_time_s, stop),
+        )
+    except BaseException:
+        _undo_start(run_dir, created)
+        raise
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    state = _checkpoint_state(checkpoint) if checkpoint is not None else {}
+    if state and state["global_step"] >= max(1, state.get("max_steps") or 0):
+        # The last step is checkpointed, only the final files are missing; Trainer.train would train one step more.
+        logger.info("%s holds the last step: writing the final model, evaluation and summary", checkpoint.name)
+        trainer._load_from_checkpoint(str(checkpoint))
+        trainer.state.global_step = state["global_step"]
+    else:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stop.requested:
+        raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
 
     final = run_dir / "final"
     tmp = run_dir / "final.tmp"
@@ -419,10 +533,72 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             eval_clipped_ratio_before=before.get("clipped_ratio"),
             eval_clipped_ratio_after=after["clipped_ratio"],
         )
+    if stop.requested:
+        raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
     from apo.cli.plots import plot_run, read_metrics, stability_stats
 
     summary.update(stability_stats(read_metrics(run_dir)))
-    _write_json(run_dir / "summary.json", summary)
 
     plot_run(run_dir)
+    _write_json(run_dir / "summary.json", summary)  # last: marks the run finished
     return run_dir
+
+
+@contextlib.contextmanager
+def loading_inputs(cfg):
+    """Turn any failure to load the model, data or reward (other than a :class:`ConfigError`) into a one-line
+    ``ConfigError`` naming the settings involved and the chain of causes: a library's own exception (e.g. a
+    ``DatasetGenerationError`` for a task file that is not JSON) says what went wrong but not which setting to
+    change. Meanwhile ``datasets``' own ERROR log lines are held back: the error raised says the same in one line."""
+
+    def drop_dataset_errors(record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("datasets") and record.levelno >= logging.ERROR)
+
+    try:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()  # "Generating train split" bars: the run has its own progress bar
+    except ImportError:
+        pass
+    handlers = logging.getLogger().handlers
+    for h in handlers:
+        h.addFilter(drop_dataset_errors)
+    try:
+        yield
+    except cfglib.ConfigError:
+        raise
+    except Exception as e:
+        causes, x = [], e
+        while x is not None and len(causes) < 5:
+            text = " ".join(str(x).split())
+            causes.append(f"{type(x).__name__}: {text}" if text else type(x).__name__)
+            x = x.__cause__ or (None if x.__suppress_context__ else x.__context__)
+        raise cfglib.ConfigError(
+            f"could not load the inputs (model={cfg.model!r}, task={cfg.task!r}, reward={cfg.reward!r}): "
+            + "; caused by ".join(causes)
+        ) from None
+    finally:
+        for h in handlers:
+            h.removeFilter(drop_dataset_errors)
+
+
+def _start_run_dir(run_dir: Path, values: dict[str, Any]) -> list[Path]:
+    """Create ``run_dir`` (if needed) and write ``config.yaml``; returns what was created, for :func:`_undo_start`."""
+    created = [] if run_dir.exists() else [run_dir]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=True))
+    return [run_dir / "config.yaml", run_dir / "eval_before.json", *created]
+
+
+def _undo_start(run_dir: Path, created: list[Path]) -> None:
+    """Remove what a fresh start wrote before its first step, so the corrected command can run (a run stopped by a
+    signal is kept: it resumes)."""
+    import sys
+
+    if not created or isinstance(sys.exc_info()[1], RunStopped):
+        return
+    for p in created:
+        if p.is_file():
+            p.unlink()
+        elif p.is_dir() and not any(p.iterdir()):
+            p.rmdir()

@@ -21,8 +21,9 @@ What it overrides, and why (everything else is TRL's):
   (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
   ``make_groups`` verifies the grouping at every call.
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: every checkpoint folder is written under
-  ``.partial/`` and renamed into place when complete (a kill leaves the previous one intact); the alpha schedule's
-  state goes to ``apo_alpha_schedule.json`` in it and is restored on resume.
+  ``.partial/``, completed by a manifest of its files' sizes and SHA-256 (``apo_manifest.json``, written last, see
+  :mod:`.checkpoints`) and renamed into place (a kill leaves the previous one intact); the alpha schedule's state goes
+  to ``apo_alpha_schedule.json`` in it and is restored on resume.
 
 Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
 
@@ -70,12 +71,13 @@ import os
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 import trl
 from torch import Tensor
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
@@ -89,6 +91,7 @@ from apo.core.scores import sequence_logprob
 from apo.core.targets import boltzmann_log_target
 
 from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
+from .checkpoints import fsync_path, write_manifest
 from .config import GROUP_ALGORITHMS, APOConfig
 from .generation import generate_single_turn
 
@@ -471,11 +474,15 @@ class APOTrainer(GRPOTrainer):
 
         Transformers writes the folder in place, so a kill mid-write leaves a partial ``checkpoint-N`` that
         ``get_last_checkpoint`` would pick on resume. Here the parent writes into ``<output_dir>/.partial/`` and the
-        folder is renamed into place once every process has written its part; only then are old checkpoints
+        folder is renamed into place once every process has written its part and the main process has added the
+        manifest (:func:`.checkpoints.write_manifest`, the last file written); only then are old checkpoints
         rotated out (``save_total_limit``), so a kill at any moment leaves the previous checkpoint whole."""
         run_dir = self._get_output_dir(trial=trial)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = os.path.join(run_dir, ".partial")
+        if self.args.should_save:  # what a killed process left there is incomplete: start the folder afresh
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         original_output_dir = self.args.output_dir
         self.args.output_dir = staging  # _get_output_dir(trial=None) reads args.output_dir
         try:
@@ -492,17 +499,32 @@ class APOTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = os.path.join(run_dir, name)
-            if os.path.exists(final):  # the same step saved again (e.g. the last step of a resumed run)
-                shutil.rmtree(final)
+            write_manifest(os.path.join(staging, name), self.state.global_step)  # last: marks the folder complete
+            if os.path.exists(final):  # the same step saved again (e.g. a damaged checkpoint passed over on resume)
+                os.replace(final, os.path.join(staging, f"old-{name}"))
             os.replace(os.path.join(staging, name), final)
+            fsync_path(run_dir)
+            self._rotate_checkpoints_atomically(run_dir, staging)
             shutil.rmtree(staging, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=False,
-            )
         self.accelerator.wait_for_everyone()
+
+    def _rotate_checkpoints_atomically(self, run_dir: str, staging: str) -> None:
+        """``transformers.trainer_utils.rotate_checkpoints`` (keep the newest ``save_total_limit`` checkpoints and
+        the best one), except that each old checkpoint is first renamed into ``staging`` and deleted there: a kill
+        during the deletion never leaves a half-deleted ``checkpoint-N`` in view."""
+        limit = self.args.save_total_limit
+        if limit is None or limit <= 0:
+            return
+        best = self.state.best_model_checkpoint
+        found = sort_checkpoints(run_dir, best_model_checkpoint=best)
+        protected = {found[-1]} | ({str(Path(best))} if best is not None else set())
+        remaining, keep = len(found), max(limit, len(protected))
+        for path in found:
+            if remaining <= keep:
+                break
+            if path not in protected:
+                os.replace(path, os.path.join(staging, f"old-{os.path.basename(path)}"))
+                remaining -= 1
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
