@@ -126,7 +126,6 @@ CASES: list[Case] = [
         train("task=nullq.jsonl", "max_steps=1", "eval_before_after=false", "per_device_train_batch_size=16"),
         "nullq.jsonl",
         files={"nullq.jsonl": '{"question": "1+1", "answer": null}\n{"question": "2+2", "answer": "4"}\n'},
-        pending="the loader's check of empty answers (apo.tasks.datasets)",
     ),
     # other commands
     Case("apo plot on a missing folder", ["plot", "missing"], "apo plot: 'missing' does not exist"),
@@ -146,6 +145,38 @@ CASES: list[Case] = [
         "apo compare with a repeated seed",
         ["compare", "--seeds", "0,0", "--out", "r"],
         "--seeds lists 0 more than once",
+    ),
+    # off-policy settings (apo.integrations.trl.config, apo.cli.presets)
+    Case(
+        "updates per rollout that split a group",
+        train("updates_per_rollout=4", "algorithm=grpo", "alpha_schedule=fixed", "per_device_train_batch_size=12"),
+        "need whole groups in every mini-batch",
+    ),
+    Case(
+        "updates_per_rollout and steps_per_generation that disagree",
+        train("updates_per_rollout=4", "steps_per_generation=2"),
+        "set only one of them",
+    ),
+    value("updates_per_rollout", "0", ">= 1"),
+    Case(
+        "a variant key the algorithm ignores",
+        ["compare", "--algorithms", "cispo@alpha=0.3", "--seeds", "0", "--out", "r"],
+        "algorithm 'cispo' ignores alpha",
+    ),
+    Case(
+        "a sweep not written KEY=V1,V2",
+        ["compare", "--sweep", "updates_per_rollout", "--seeds", "0", "--out", "r"],
+        "write KEY=V1,V2",
+    ),
+    Case(
+        "a swept key also set by a variant",
+        ["compare", "--algorithms", "apo-fixed@alpha=0.3", "--sweep", "alpha=0.1,0.2", "--seeds", "0", "--out", "r"],
+        "alpha is both swept (--sweep) and set by the variant",
+    ),
+    Case(
+        "a named TRL algorithm with another loss_type",
+        train("algorithm=cispo", "alpha_schedule=fixed", "loss_type=dapo"),
+        "algorithm='cispo' is TRL's loss_type='cispo'",
     ),
 ]
 

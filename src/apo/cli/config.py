@@ -162,6 +162,7 @@ RANGES: dict[str, str] = {
     "repetition_penalty": "> 0",
     "beta": ">= 0",
     "num_iterations": ">= 1",
+    "updates_per_rollout": ">= 1",
     "epsilon": ">= 0",
     "epsilon_high": ">= 0",
     "delta": "> 0",

@@ -45,11 +45,14 @@ DEFAULT_START_TIMEOUT_S = 120.0
 
 def die_with_parent(parent_pid: int) -> None:
     """In a child process: exit as soon as ``parent_pid`` is no longer the parent (Linux: the kernel sends SIGKILL;
-    elsewhere a watcher thread polls the parent pid every 0.2 s)."""
+    elsewhere a watcher thread polls the parent pid every 0.2 s), and ignore ``SIGINT``: a terminal's Ctrl-C reaches
+    the whole process group, and the parent, which stops at a step boundary, still needs this child's scores."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
-            import signal
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
