@@ -204,15 +204,19 @@ def test_compare_command_passes_the_swept_variants(monkeypatch):
 
 
 def test_stability_stats_by_hand():
-    rows = [{"step": i + 1, "reward": r} for i, r in enumerate([0.2, 0.4, 0.6, 0.4, 0.1])]
-    s = stability_stats(rows, window=2)
-    # 2-point trailing average: 0.2, 0.3, 0.5, 0.5, 0.25; start = the average of the first 2 rewards = 0.3
-    assert s["peak_train_reward"] == pytest.approx(0.5)
-    assert s["final_train_reward"] == pytest.approx(0.25)
-    assert s["drop_from_peak"] == pytest.approx(0.25)
-    assert s["collapsed"] is True  # 0.25 < 0.3
-    rising = stability_stats([{"reward": r} for r in (0.1, 0.2, 0.3)], window=2)  # 0.1, 0.15, 0.25
-    assert (rising["drop_from_peak"], rising["collapsed"]) == (0.0, False)
+    rewards = [0.2, 0.4, 0.6, 0.8, 0.6, 0.4, 0.1, 0.1]
+    s = stability_stats([{"step": i + 1, "reward": r} for i, r in enumerate(rewards)], window=2)
+    # n = 8 logged rewards -> w = min(2, 8 // 4) = 2; 2-point means: 0.3, 0.5, 0.7, 0.7, 0.5, 0.25, 0.1
+    assert s["peak_train_reward"] == pytest.approx(0.7)
+    assert s["final_train_reward"] == pytest.approx(0.1)
+    assert s["drop_from_peak"] == pytest.approx(0.6)
+    assert s["collapsed"] is True  # 0.1 < 0.3
+    # few rollouts (n = 3 -> w = 1): the first and the last reward, never the same window
+    rising = stability_stats([{"reward": r} for r in (0.1, 0.3, 0.2)], window=10)
+    assert (rising["peak_train_reward"], rising["final_train_reward"]) == pytest.approx((0.3, 0.2))
+    assert rising["drop_from_peak"] == pytest.approx(0.1) and rising["collapsed"] is False  # 0.2 > 0.1
+    fell = stability_stats([{"reward": r} for r in (0.3, 0.4, 0.05)], window=10)
+    assert fell["collapsed"] is True
     assert stability_stats([{"loss": 1.0}])["collapsed"] is None
 
 

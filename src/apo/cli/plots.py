@@ -210,26 +210,27 @@ def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = 
 
 
 def stability_stats(rows: list[dict], *, window: int = SMOOTH_WINDOW) -> dict:
-    """Whether a run held on to what it learned, from its ``metrics.jsonl`` rows (``rewards`` logged: ``reward``).
+    """Whether a run held on to what it learned, from its ``metrics.jsonl`` rows (training reward: ``reward``).
 
-    With ``s_1 .. s_n`` the trailing ``window``-point moving average of the logged training rewards (one per
-    rollout: every ``k`` steps when a rollout feeds ``k`` optimizer steps):
+    The training reward is logged once per rollout: ``n`` values ``y_1 .. y_n`` (``n`` = steps / k when a rollout
+    feeds ``k`` optimizer steps). With ``w = min(window, max(1, n // 4))`` (so that a run with few rollouts still
+    has a start and an end that do not overlap) and ``s_t`` the mean of ``y_{t-w+1} .. y_t`` for ``t >= w``:
 
     - ``peak_train_reward = max_t s_t``; ``final_train_reward = s_n``;
     - ``drop_from_peak = max_t s_t - s_n`` (>= 0; what the run lost after its best point);
-    - ``collapsed``: ``s_n < s_w``, the end below the average of the first ``w = min(window, n)`` logged rewards
-      (the run ended worse than it started); ``None`` without rewards.
+    - ``collapsed``: ``s_n < s_w``, the last ``w`` logged rewards below the first ``w`` (the run ended worse than it
+      started); ``None`` without rewards.
     """
     ys = [r["reward"] for r in rows if "reward" in r]
     if not ys:
         return {"peak_train_reward": None, "final_train_reward": None, "drop_from_peak": None, "collapsed": None}
-    smooth = moving_average(ys, window)
-    start = smooth[min(window, len(ys)) - 1]
+    w = min(window, max(1, len(ys) // 4))
+    smooth = moving_average(ys, w)[w - 1 :]  # full windows only
     return {
         "peak_train_reward": max(smooth),
         "final_train_reward": smooth[-1],
         "drop_from_peak": max(smooth) - smooth[-1],
-        "collapsed": smooth[-1] < start,
+        "collapsed": smooth[-1] < smooth[0],
     }
 
 
@@ -308,9 +309,9 @@ def table_markdown(table: dict) -> str:
         f"Steps to threshold: the first optimizer step whose {w}-step smoothed training reward is ≥ {thr:g}, averaged "
         'over the runs that reach it ("k of n"); — when none does.',
         "Final token entropy: mean per-token entropy of the policy (TRL's `entropy`) over the last 10% of steps.",
-        f"Final training reward: the {w}-point smoothed training reward at the end; drop from peak: best training "
-        "reward minus that; collapsed: runs whose final smoothed training reward is below the average of their first "
-        f"{w} logged rewards. Training rewards are logged once per rollout.",
+        "Final training reward: the mean of the last w logged training rewards, w = min(10, n / 4) for n logged "
+        "(one per rollout); drop from peak: the best such w-point mean minus the final one; collapsed: runs whose "
+        "final w-point mean is below their first.",
         "Wall time: summary.json's wall time of each run (training, checkpoints, both evaluations).",
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
