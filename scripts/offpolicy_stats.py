@@ -9,6 +9,12 @@ per-token ``KL(pi_theta || pi_old)`` over the steps that are not the first of th
 (``offpolicy/kl_old`` where ``offpolicy/staleness > 0``), its largest value, and the mean clip fraction of TRL's ratio
 losses (``clip_ratio/region_mean``; ``cispo_clip_ratio`` for CISPO). These are the numbers of the "Off-policy"
 section of docs/results.md.
+
+    python scripts/offpolicy_stats.py runs/offpolicy --versus grpo,gspo,cispo,sapo,adpo
+
+adds, for every group whose preset is an APO one (``apo-*``), the Welch 95% interval of its held-out reward after
+training minus that of each named preset with the same variant settings (e.g. ``apo-ess@updates_per_rollout=16`` -
+``grpo@updates_per_rollout=16``), over seeds (:func:`apo.cli.plots.welch_interval`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import argparse
 import math
 from pathlib import Path
 
-from apo.cli.plots import find_runs, group_runs, read_metrics
+from apo.cli.plots import find_runs, group_runs, read_metrics, run_stats, variant_pairs, welch_interval
 
 
 def _values(rows: list[dict], key: str, where=lambda r: True) -> list[float]:
@@ -61,12 +67,37 @@ COLUMNS = (
 )
 
 
+def versus_table(groups: dict[str, list[Path]], baselines: list[str]) -> str:
+    """Markdown: per APO group, ``diff ± half-width`` of held-out reward after training against each baseline."""
+    after = {label: [run_stats(r)["reward_after"] for r in runs] for label, runs in groups.items()}
+    lines = ["| | " + " | ".join(f"− {b}" for b in baselines) + " |", "|---|" + "---|" * len(baselines)]
+    for label, values in after.items():
+        base, pairs = variant_pairs(label)
+        if not base.startswith("apo-"):
+            continue
+        suffix = "".join(f"@{k}={v}" for k, v in pairs.items())
+        cells = []
+        for b in baselines:
+            other = after.get(b + suffix)
+            if other is None:
+                cells.append("—")
+                continue
+            diff, half = welch_interval([v for v in values if v is not None], [v for v in other if v is not None])
+            cells.append(f"{diff:+.3f} ± {half:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="comparison folders or run directories")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
+    p.add_argument("--versus", default="", help="presets to compare the APO groups with (held-out reward)")
     opts = p.parse_args()
     groups = group_runs(find_runs(opts.paths))
+    if opts.versus:
+        print(versus_table(groups, opts.versus.split(",")))
+        return
     lines = ["| runs | n | " + " | ".join(t for _, t in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for label, runs in groups.items():
         s = group_stats(runs)

@@ -12,7 +12,7 @@ from conftest import FAST_DEFAULTS
 
 import apo
 from apo.cli import config as cfglib
-from apo.cli.plots import stability_stats, swept_keys, variant_pairs, write_comparison
+from apo.cli.plots import stability_stats, swept_keys, variant_pairs, welch_interval, write_comparison
 from apo.cli.presets import PRESETS, check_keys_read, expand_sweep, preset
 
 
@@ -218,6 +218,16 @@ def test_stability_stats_by_hand():
     fell = stability_stats([{"reward": r} for r in (0.3, 0.4, 0.05)], window=10)
     assert fell["collapsed"] is True
     assert stability_stats([{"loss": 1.0}])["collapsed"] is None
+
+
+def test_welch_interval_by_hand():
+    # xs = 1, 2, 3: mean 2, s^2 = 1, s^2/n = 1/3; ys = 0, 0, 3: mean 1, s^2 = 3, s^2/n = 1.
+    # se^2 = 4/3; df = (16/9) / ((1/9)/2 + 1/2) = (16/9) / (10/18) = 3.2 -> 3; t_{0.975,3} = 3.1824
+    diff, half = welch_interval([1.0, 2.0, 3.0], [0.0, 0.0, 3.0])
+    assert diff == pytest.approx(1.0)
+    assert half == pytest.approx(3.1824 * math.sqrt(4 / 3), rel=1e-6)
+    assert welch_interval([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.0)
+    assert math.isnan(welch_interval([1.0], [0.0, 1.0])[1])
 
 
 def _fake_run(folder, rewards, after):

@@ -93,6 +93,26 @@ def mean_ci(values: list[float]) -> tuple[float, float, int]:
     return m, t_quantile_975(n - 1) * s / math.sqrt(n), n
 
 
+def welch_interval(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """``(mean(xs) - mean(ys), half_width)`` of the Welch 95% interval of a difference of means:
+    ``se^2 = s_x^2 / n_x + s_y^2 / n_y``, ``df = se^4 / ((s_x^2 / n_x)^2 / (n_x - 1) + (s_y^2 / n_y)^2 / (n_y - 1))``
+    (Welch-Satterthwaite, rounded down: conservative), ``half_width = t_{0.975, df} * se``. ``half_width`` is NaN
+    with fewer than 2 values on a side, and 0 when both samples are constant."""
+    nx, ny = len(xs), len(ys)
+    if nx == 0 or ny == 0:
+        return math.nan, math.nan
+    diff = sum(xs) / nx - sum(ys) / ny
+    if nx < 2 or ny < 2:
+        return diff, math.nan
+    vx = sum((x - sum(xs) / nx) ** 2 for x in xs) / (nx - 1) / nx
+    vy = sum((y - sum(ys) / ny) ** 2 for y in ys) / (ny - 1) / ny
+    se2 = vx + vy
+    if se2 == 0:
+        return diff, 0.0
+    df = se2**2 / (vx**2 / (nx - 1) + vy**2 / (ny - 1))
+    return diff, t_quantile_975(max(1, math.floor(df))) * math.sqrt(se2)
+
+
 def moving_average(xs: list[float], window: int = SMOOTH_WINDOW) -> list[float]:
     """Trailing moving average: ``y_t = mean(x_{max(0, t-window+1)}, ..., x_t)`` (a shorter window at the start)."""
     out, acc = [], 0.0
