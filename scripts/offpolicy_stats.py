@@ -12,8 +12,10 @@ section of docs/results.md.
 
     python scripts/offpolicy_stats.py runs/offpolicy --versus grpo,gspo,cispo,sapo,adpo
 
-adds, for every group whose preset is an APO one (``apo-*``), the Welch 95% interval of its held-out reward after
-training minus that of each named preset with the same variant settings (e.g. ``apo-ess@updates_per_rollout=16`` -
+prints, with ``--matrix updates_per_rollout``, the held-out reward after training (mean ± 95% t half-width over
+seeds; collapsed runs counted) as one row per algorithm and one column per value of the swept key; and with
+``--versus`` adds, for every group whose preset is an APO one (``apo-*``), the Welch 95% interval of its held-out
+reward after training minus that of each named preset with the same variant settings (e.g. ``apo-ess@updates_per_rollout=16`` -
 ``grpo@updates_per_rollout=16``), over seeds (:func:`apo.cli.plots.welch_interval`).
 """
 
@@ -67,6 +69,33 @@ COLUMNS = (
 )
 
 
+def matrix_table(groups: dict[str, list[Path]], key: str) -> str:
+    """Markdown: held-out reward after training, ``mean ± half-width (collapsed runs)``, per algorithm and value of
+    the swept ``key``."""
+    from apo.cli.plots import mean_ci
+
+    cells: dict[str, dict[str, str]] = {}
+    values: list[str] = []
+    for label, runs in groups.items():
+        base, pairs = variant_pairs(label)
+        if key not in pairs:
+            continue
+        rest = "".join(f"@{k}={v}" for k, v in pairs.items() if k != key)
+        stats = [run_stats(r) for r in runs]
+        m, half, n = mean_ci([s["reward_after"] for s in stats if s["reward_after"] is not None])
+        collapsed = sum(bool(s["collapsed"]) for s in stats)
+        text = f"{m:.3f} ± {half:.3f}" if n > 1 else f"{m:.3f}"
+        cells.setdefault(base + rest, {})[pairs[key]] = text + (
+            f" ({collapsed} of {len(runs)} collapsed)" if collapsed else ""
+        )
+        if pairs[key] not in values:
+            values.append(pairs[key])
+    lines = ["| algorithm | " + " | ".join(f"{key}={v}" for v in values) + " |", "|---|" + "---|" * len(values)]
+    for name, row in cells.items():
+        lines.append(f"| {name} | " + " | ".join(row.get(v, "—") for v in values) + " |")
+    return "\n".join(lines)
+
+
 def versus_table(groups: dict[str, list[Path]], baselines: list[str]) -> str:
     """Markdown: per APO group, ``diff ± half-width`` of held-out reward after training against each baseline."""
     after = {label: [run_stats(r)["reward_after"] for r in runs] for label, runs in groups.items()}
@@ -93,8 +122,14 @@ def main() -> None:
     p.add_argument("paths", nargs="+", help="comparison folders or run directories")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--versus", default="", help="presets to compare the APO groups with (held-out reward)")
+    p.add_argument(
+        "--matrix", default="", help="a swept key: held-out reward per algorithm (rows) and value (columns)"
+    )
     opts = p.parse_args()
     groups = group_runs(find_runs(opts.paths))
+    if opts.matrix:
+        print(matrix_table(groups, opts.matrix))
+        return
     if opts.versus:
         print(versus_table(groups, opts.versus.split(",")))
         return
