@@ -15,8 +15,9 @@ section of docs/results.md.
 prints, with ``--matrix updates_per_rollout``, the held-out reward after training (mean ± 95% t half-width over
 seeds; collapsed runs counted) as one row per algorithm and one column per value of the swept key; and with
 ``--versus`` adds, for every group whose preset is an APO one (``apo-*``), the Welch 95% interval of its held-out
-reward after training minus that of each named preset with the same variant settings (e.g. ``apo-ess@updates_per_rollout=16`` -
-``grpo@updates_per_rollout=16``), over seeds (:func:`apo.cli.plots.welch_interval`).
+reward after training minus that of each named preset with the same variant settings
+(``apo-ess@updates_per_rollout=16`` - ``grpo@updates_per_rollout=16``), over seeds
+(:func:`apo.cli.plots.welch_interval`).
 """
 
 from __future__ import annotations
