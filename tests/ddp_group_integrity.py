@@ -76,6 +76,10 @@ def main() -> None:
         processing_class=tokenizer,
     )
     assert trainer.accelerator.num_processes == 2, trainer.accelerator.num_processes
+    if trainer.alpha_schedule.name == "guarded":
+        # one earlier step at mean reward 0 sets the baseline to 0 (the first step of a run is never a gain,
+        # b_0 = R_1), so the positive rewards of training are a gain and alpha moves off alpha_max
+        trainer.alpha_schedule.step(0.0, 1.0)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     result = {

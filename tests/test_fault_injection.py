@@ -77,17 +77,25 @@ def test_random_kills_and_stops_then_resume_match_an_uninterrupted_run(tmp_path)
             resume = ["--resume"] if (run / "config.yaml").exists() else []
             log = tmp_path / f"trial{attempt}.log"
             pid = zyg.start(["train", f"output_dir={run}", *ARGS, *resume], log)
-            delay = rng.uniform(0.0, MAX_DELAY_S)
+            # Every other pair of trials waits for the run's first child process (the reward worker) before the
+            # random delay starts, so that at least half the trials kill a run that has children, however slow the
+            # machine is; the others strike anywhere from the fork on.
+            after_child = (len(trials) // 2) % 2 == 0
+            delay = rng.uniform(0.0, 1.0 if after_child else MAX_DELAY_S)
             seen: dict[int, psutil.Process] = {}
             t0 = time.time()
+            deadline = t0 + 120.0
             exited = False
-            while time.time() - t0 < delay:
+            while time.time() - t0 < delay or (after_child and not seen and time.time() < deadline):
                 try:
                     me = psutil.Process(pid)
                     if me.status() == psutil.STATUS_ZOMBIE:
                         exited = True
                         break
-                    seen.update({c.pid: c for c in me.children(recursive=True)})
+                    children = me.children(recursive=True)
+                    if after_child and children and not seen:
+                        t0 = time.time()  # the delay counts from the first child
+                    seen.update({c.pid: c for c in children})
                 except psutil.NoSuchProcess:
                     exited = True
                     break

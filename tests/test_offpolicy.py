@@ -56,13 +56,16 @@ def test_epochs_multiply_the_updates_of_a_rollout():
             ["per_device_train_batch_size", "num_generations"],
         ),
         (
-            {"algorithm": "sapo", "per_device_train_batch_size": 2, "num_iterations": 2},
+            {"algorithm": "sapo", "per_device_train_batch_size": 2, "num_iterations": 2, "updates_per_rollout": 1},
             ["per_device_train_batch_size"],
         ),
+        # TRL's own knobs keep TRL's behaviour for its losses (row-wise mini-batches); apo/adpo never split a group
+        ({"algorithm": "sapo", "per_device_train_batch_size": 6, "steps_per_generation": 2}, None),
+        ({"algorithm": "apo", "per_device_train_batch_size": 2, "num_iterations": 2}, ["num_generations"]),
     ],
 )
 def test_bad_off_policy_settings_are_one_line_errors(overrides, names):
-    if names is None:  # a valid setting among the bad ones: 6 % 3 == 0
+    if names is None:  # a valid setting among the bad ones
         config(**overrides)
         return
     with pytest.raises(ValueError) as err:

@@ -417,8 +417,10 @@ def test_compare_passes_the_stop_on_and_leaves_resumable_runs(tmp_path, monkeypa
     last = err.strip().splitlines()[-1]
     args = " ".join([*COMPARE[1:], "--out", str(out), *FAST, "max_steps=30", "save_steps=100"])
     expected = _fault("SIGTERM to apo compare").line.replace("<same arguments>", args)
-    assert last == expected
-    for r in runs:  # each stopped at a step boundary with a checkpoint of that step
+    unfinished = [r for r in runs if not (r / "summary.json").exists()]  # on a slow machine one may have finished
+    assert unfinished, "both runs finished before the stop: nothing was stopped"
+    assert last == expected.replace("(2 of 2 runs", f"({len(unfinished)} of 2 runs")
+    for r in unfinished:  # each stopped at a step boundary with a checkpoint of that step
         n = _steps(r)[-1]
         assert n < 30 and verify_checkpoint(r / f"checkpoint-{n}") is None
     monkeypatch.chdir(tmp_path)

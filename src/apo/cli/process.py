@@ -117,7 +117,9 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            print(self.urgent_line.format(signal=SIGNAL_NAMES.get(signum, signum)), file=sys.stderr, flush=True)
+            # on a line of its own: the progress bar may have left the cursor mid-line (it redraws with \r)
+            line = self.urgent_line.format(signal=SIGNAL_NAMES.get(signum, signum))
+            print("\n" + line, file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
         logging.getLogger("apo").warning(

@@ -237,7 +237,10 @@ class APOConfig(GRPOConfig):
         spg = self.steps_per_generation or self.gradient_accumulation_steps
         off_policy = self.num_iterations > 1 or spg > self.gradient_accumulation_steps
         G = self.num_generations
-        if off_policy and G and self.per_device_train_batch_size % G != 0:
+        # With updates_per_rollout every algorithm keeps groups whole (so that algorithms compared in one study see
+        # the same mini-batches); TRL's own steps_per_generation keeps TRL's behaviour for its losses (apo/adpo
+        # always need whole groups: _check_whole_groups).
+        if k is not None and off_policy and G and self.per_device_train_batch_size % G != 0:
             raise ValueError(
                 f"several optimizer steps per rollout (updates_per_rollout={k}, steps_per_generation={spg}, "
                 f"num_iterations={self.num_iterations}) need whole groups in every mini-batch: "
