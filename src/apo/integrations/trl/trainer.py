@@ -131,6 +131,13 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         raise
 
 
+def _loss_mask(inputs: dict[str, Any]) -> Tensor:
+    """The ``[N, T]`` mask of the completion tokens a loss sees: ``completion_mask``, times ``tool_mask`` (0 on
+    tokens a tool wrote) when TRL's tool calling provides one."""
+    mask_NT = inputs["completion_mask"]
+    return mask_NT if "tool_mask" not in inputs else mask_NT * inputs["tool_mask"]
+
+
 class APOTrainer(GRPOTrainer):
     """``GRPOTrainer`` running ``args.algorithm`` (``apo``, ``adpo``, ``grpo``, ``gspo``) on whole groups.
 
@@ -265,7 +272,7 @@ class APOTrainer(GRPOTrainer):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
-        mask_NT = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask_NT = _loss_mask(inputs)
         logp_NT, entropy_NT, aux_loss = self._get_per_token_logps_and_entropies(
             model,
             input_ids,
@@ -354,12 +361,7 @@ class APOTrainer(GRPOTrainer):
         if self.model.training and captured:
             logp_NT = captured[0]
             old_logp_NT = inputs.get("old_per_token_logps")
-            mask_NT = (
-                inputs["completion_mask"]
-                if "tool_mask" not in inputs
-                else inputs["completion_mask"] * inputs["tool_mask"]
-            )
-            self._log_offpolicy_metrics(logp_NT, logp_NT if old_logp_NT is None else old_logp_NT, mask_NT)
+            self._log_offpolicy_metrics(logp_NT, logp_NT if old_logp_NT is None else old_logp_NT, _loss_mask(inputs))
         return loss
 
     @torch.no_grad()
