@@ -26,14 +26,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """``curves.png``: reward, alpha and ESS fraction per optimizer step of one run."""
+def plot_run(run_dir: str | Path, out: str | Path | None = None, rows: list[dict] | None = None) -> Path:
+    """``curves.png``: reward, alpha and ESS fraction per optimizer step of one run (``rows``: its
+    :func:`read_metrics`, read here when not given)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(run_dir)
+    rows = read_metrics(run_dir) if rows is None else rows
     out = Path(out) if out else Path(run_dir) / "curves.png"
     panels = [("reward", "mean reward"), ("apo/alpha", "alpha"), ("apo/ess", "ESS / P")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))

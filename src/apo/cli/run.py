@@ -245,19 +245,10 @@ def eval_kwargs(cfg) -> dict[str, Any]:
     )
 
 
-def clipped_ratio_summary(metrics_path: Path) -> dict[str, float]:
+def clipped_ratio_summary(rows: list[dict]) -> dict[str, float]:
     """``{"clipped_ratio_mean": mean over the logged steps, "clipped_ratio_last": the last step's}`` of TRL's
-    ``completions/clipped_ratio`` in ``metrics.jsonl`` (empty when no step logged it)."""
-    if not metrics_path.exists():
-        return {}
-    values = []
-    for line in metrics_path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "completions/clipped_ratio" in row:
-            values.append(float(row["completions/clipped_ratio"]))
+    ``completions/clipped_ratio`` in the ``metrics.jsonl`` rows (empty when no step logged it)."""
+    values = [float(row["completions/clipped_ratio"]) for row in rows if "completions/clipped_ratio" in row]
     return {"clipped_ratio_mean": sum(values) / len(values), "clipped_ratio_last": values[-1]} if values else {}
 
 
@@ -520,8 +511,11 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
 
+    from apo.cli.plots import plot_run, read_metrics, stability_stats
+
+    rows = read_metrics(run_dir)
     summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
-    summary.update(clipped_ratio_summary(run_dir / "metrics.jsonl"))
+    summary.update(clipped_ratio_summary(rows))
     if cfg.eval_before_after and eval_ds is not None:
         after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)
         _write_json(run_dir / "eval_after.json", after)
@@ -535,11 +529,8 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         )
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
-    from apo.cli.plots import plot_run, read_metrics, stability_stats
-
-    summary.update(stability_stats(read_metrics(run_dir)))
-
-    plot_run(run_dir)
+    summary.update(stability_stats(rows))
+    plot_run(run_dir, rows=rows)
     _write_json(run_dir / "summary.json", summary)  # last: marks the run finished
     return run_dir
 
