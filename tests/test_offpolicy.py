@@ -127,6 +127,8 @@ def test_preset_values_are_their_papers():
         ("adpo@alpha=0.5", "alpha"),
         ("dapo@sapo_temperature_neg=2.0", "sapo_temperature_neg"),
         ("cispo@delta=2.0", "delta"),
+        ("cispo@epsilon=0.1", "epsilon"),  # CISPO truncates at epsilon_high only
+        ("sapo@epsilon_high=0.3", "epsilon_high"),  # SAPO's soft gate has no clip
     ],
 )
 def test_a_variant_key_the_algorithm_ignores_is_an_error(name, key):

@@ -134,7 +134,10 @@ KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
     **{key: ("apo", "adpo") for key in _GROUP_ONLY},
     **{key: ("grpo", "gspo", "dapo", "dr_grpo", "cispo", "sapo") for key in _RATIO},
     **{key: ("sapo", "grpo") for key in _SAPO},  # grpo takes any TRL loss_type, sapo's included
-    "delta": ("grpo", "gspo", "dapo", "dr_grpo"),  # INTELLECT-2's upper bound on the clipped ratio losses
+    # TRL's clipped losses read both clip bounds and delta (INTELLECT-2's upper bound on the ratio); CISPO reads only
+    # epsilon_high (its truncation of the ratio, always set: 5.0 unless given); SAPO's soft gate reads none of them.
+    **{key: ("grpo", "gspo", "dapo", "dr_grpo") for key in ("epsilon", "delta")},
+    "epsilon_high": ("grpo", "gspo", "dapo", "dr_grpo", "cispo"),
 }
 """Keys that only some algorithms read -> those algorithms (every other key is read by all)."""
 
