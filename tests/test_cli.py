@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from apo.cli.main import main
+from apo.cli.plots import mean_ci
+from apo.cli.run import reward_gain
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAST = ["eval_size=16", "eval_samples=2", "per_device_train_batch_size=16", "torch_threads=1"]
@@ -41,6 +43,10 @@ def test_train_default_writes_the_run_directory(tmp_path, capsys):
         and summary["clipped_ratio_last"] == clipped[1]
     )
     assert 0.0 <= summary["eval_clipped_ratio_after"] <= 1.0
+    before, after = (json.loads((run / f"eval_{w}.json").read_text()) for w in ("before", "after"))
+    diffs = [b - a for a, b in zip(before["prompt_rewards"], after["prompt_rewards"], strict=True)]
+    assert len(diffs) == 16 and summary["reward_gain"] == pytest.approx(sum(diffs) / 16)
+    assert summary["reward_gain_ci95"] == pytest.approx(mean_ci(diffs)[1])
     out = json.loads(capsys.readouterr().out)
     assert out["run_dir"] == str(run)
 
@@ -150,7 +156,27 @@ def test_sigkill_then_resume_loses_and_repeats_no_step(tmp_path):
     assert summary["wall_time_s"] >= times[-1] > times[1]
 
 
-def test_eval_command(capsys):
-    assert main(["eval", "eval_size=8", "eval_samples=2"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["prompts"] == 8 and 0.0 <= result["reward"] <= 1.0
+def test_eval_command(capsys, tmp_path):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "eval_size=8", "eval_samples=2", f"--out={out}"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["prompts"] == 8 and 0.0 <= printed["reward"] <= 1.0 and "prompt_rewards" not in printed
+    written = json.loads(out.read_text())
+    per_prompt = written["prompt_rewards"]  # each the mean of 2 samples in {0, 1}
+    assert len(per_prompt) == 8 and all(2 * r in (0.0, 1.0, 2.0) for r in per_prompt)
+    assert written["reward"] == pytest.approx(sum(per_prompt) / 8) == printed["reward"]
+    assert written["reward_ci95"] == pytest.approx(mean_ci(per_prompt)[1], nan_ok=True)
+
+
+def test_reward_gain_pairs_prompts():
+    before = {"reward": 0.25, "prompt_rewards": [0.0, 0.5, 0.0, 0.5]}
+    after = {"reward": 0.625, "prompt_rewards": [0.5, 1.0, 0.0, 1.0]}
+    gain = reward_gain(before, after)
+    # differences 0.5, 0.5, 0, 0.5: mean 0.375, s = 0.25, t_{0.975,3} = 3.1824
+    assert gain["reward_gain"] == pytest.approx(0.375)
+    assert gain["reward_gain_ci95"] == pytest.approx(3.1824 * 0.25 / 2, abs=1e-4)
+    # the same per-prompt means in another order pair differently: prompts, not pooled samples, are the units
+    shuffled = {"reward": 0.625, "prompt_rewards": [1.0, 0.5, 1.0, 0.0]}
+    assert reward_gain(before, shuffled)["reward_gain_ci95"] != pytest.approx(gain["reward_gain_ci95"])
+    assert reward_gain({"reward": 0.25}, after) == {"reward_gain": 0.375, "reward_gain_ci95": None}
+    assert reward_gain(before, {"reward": 0.5, "prompt_rewards": [0.5]})["reward_gain_ci95"] is None

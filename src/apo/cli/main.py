@@ -63,8 +63,10 @@ def cmd_eval(args) -> int:
     cfg = cfglib.build(values)
     with loading_inputs(cfg):
         reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
-    result = evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))
-    print(json.dumps({"model": cfg.model, **result}, indent=2))
+    result = {"model": cfg.model, **evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "prompt_rewards"}, indent=2))
     return 0
 
 
@@ -174,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="config file or name, then overrides")
     e.add_argument("--policy", help="model folder to evaluate (default: the config's model)")
+    e.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also write the result, with the per-prompt mean rewards (prompt_rewards), to FILE as JSON; two such "
+        "files of the same prompts give a paired interval of the gain (apo.cli.run.reward_gain)",
+    )
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("config", help="print the resolved config", epilog=CONFIG_KEYS_HINT, formatter_class=raw)
     c.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="config file or name, then overrides")

@@ -287,14 +287,15 @@ def comparison_table(
                 cols[key] = {"values": values, "count": sum(map(bool, known)), "n": len(known)}
                 continue
             m, hw, n = mean_ci([v for v in values if v is not None])
-            cols[key] = {"values": values, "mean": _nan_none(m), "half_width": _nan_none(hw), "n": n}
+            cols[key] = {"values": values, "mean": nan_to_none(m), "half_width": nan_to_none(hw), "n": n}
         table["algorithms"].append(
             {"algorithm": label, "runs": [r.name for r in runs], "steps": [s["steps"] for s in stats], **cols}
         )
     return table
 
 
-def _nan_none(x: float) -> float | None:
+def nan_to_none(x: float) -> float | None:
+    """``None`` for NaN (JSON has no NaN), ``x`` otherwise."""
     return None if math.isnan(x) else x
 
 

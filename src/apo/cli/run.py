@@ -5,7 +5,8 @@ A run directory holds::
     config.yaml          the resolved input settings (reloadable with `apo train RUN/config.yaml`)
     metrics.jsonl        one JSON line per optimizer step: every logged metric, with `step`, `reward`, `apo/alpha`,
                          and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
-    eval_before.json     held-out mean reward of the starting policy (same prompts and seed as eval_after.json)
+    eval_before.json     held-out mean reward of the starting policy, its 95% interval over prompts and the
+                         per-prompt mean rewards (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
     curves.png           reward, alpha and ESS per step
     checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
@@ -13,7 +14,8 @@ A run directory holds::
                          written last) and renamed into place, so a kill leaves the last one whole; --resume
                          passes over a checkpoint that does not match its manifest, naming it
     final/               the trained model (safetensors) and tokenizer
-    summary.json         wall time, steps, rewards before/after, TRL's completions/clipped_ratio (the fraction of
+    summary.json         wall time, steps, rewards before/after, the gain with its paired 95% interval over
+                         prompts (reward_gain_ci95, apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the fraction of
                          completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
                          apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
@@ -170,8 +172,10 @@ def evaluate(
     ``max_new_tokens`` without EOS is truncated (TRL's rule: its last token is neither EOS nor pad) and, with
     ``truncated_completions="zero"``, scores 0, as in training.
 
-    Returns ``{"reward": mean, "pass_at_least_one": fraction of prompts with a positive reward, "clipped_ratio":
-    fraction of truncated completions, "prompts": n, "samples": samples}``.
+    Returns ``{"reward": mean, "reward_ci95": half-width of the 95% t-interval of the mean over prompts (the
+    per-prompt mean rewards are the units: samples of one prompt are not independent), "pass_at_least_one": fraction
+    of prompts with a positive reward, "clipped_ratio": fraction of truncated completions, "prompts": n, "samples":
+    samples, "prompt_rewards": the n per-prompt mean rewards, in dataset order}``.
     """
     import torch
 
@@ -219,13 +223,32 @@ def evaluate(
             solved += any(s > 0 for s in scores[i * samples : (i + 1) * samples])
     if was_training:
         model.train()
+    from apo.cli.plots import mean_ci, nan_to_none
+
+    prompt_rewards = [sum(rewards[i * samples : (i + 1) * samples]) / samples for i in range(len(rows))]
     return {
         "reward": sum(rewards) / max(1, len(rewards)),
+        "reward_ci95": nan_to_none(mean_ci(prompt_rewards)[1]),
         "pass_at_least_one": solved / max(1, len(rows)),
         "clipped_ratio": clipped / max(1, len(rewards)),
         "prompts": len(rows),
         "samples": samples,
+        "prompt_rewards": prompt_rewards,
     }
+
+
+def reward_gain(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """``{"reward_gain": after - before, "reward_gain_ci95": half-width}`` of two :func:`evaluate` results on the same
+    prompts: the 95% t-interval of the mean of the paired per-prompt differences ``after_j - before_j`` over the
+    ``n`` prompts (``t_{0.975, n-1} * s_d / sqrt(n)``). ``reward_gain_ci95`` is ``None`` when either result lacks
+    ``prompt_rewards`` or their prompt counts differ (no pairing)."""
+    gain: dict[str, Any] = {"reward_gain": after["reward"] - before["reward"], "reward_gain_ci95": None}
+    xs, ys = before.get("prompt_rewards"), after.get("prompt_rewards")
+    if xs is not None and ys is not None and len(xs) == len(ys):
+        from apo.cli.plots import mean_ci, nan_to_none
+
+        gain["reward_gain_ci95"] = nan_to_none(mean_ci([y - x for x, y in zip(xs, ys, strict=True)])[1])
+    return gain
 
 
 def eval_kwargs(cfg) -> dict[str, Any]:
@@ -523,7 +546,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         summary.update(
             reward_before=before["reward"],
             reward_after=after["reward"],
-            reward_gain=after["reward"] - before["reward"],
+            **reward_gain(before, after),
             eval_clipped_ratio_before=before.get("clipped_ratio"),
             eval_clipped_ratio_after=after["clipped_ratio"],
         )
