@@ -22,10 +22,14 @@ class Case(NamedTuple):
     answer_format: str | None = None
 
 
+CHAIN = "State the final answer to the following arithmetic problem: 4 - 1 - 7 ="
+"""A reasoning-gym chain_sum prompt."""
+
 # gold -> [(answer as written by a model, label)]
 FAMILIES: dict[str, tuple[str, list[tuple[str, float]]]] = {
     "integer": ("42", [("42", 1), ("42.0", 1), ("041", 0), ("-42", 0), ("43", 0)]),
-    "negative": ("-7", [("-7", 1), ("- 7", 1), ("−7", 1), ("7", 0), ("-\\frac{14}{2}", 1)]),
+    # -14/2 and 6/8 are the value not carried to the end (MATH's answers are in lowest terms)
+    "negative": ("-7", [("-7", 1), ("- 7", 1), ("−7", 1), ("7", 0), ("-\\frac{14}{2}", 0)]),
     "decimal": ("0.25", [("\\frac14", 1), ("1/4", 1), ("0.250", 1), ("0.2", 0), ("\\frac{1}{5}", 0)]),
     "fraction": (
         "\\frac{3}{4}",
@@ -34,7 +38,7 @@ FAMILIES: dict[str, tuple[str, list[tuple[str, float]]]] = {
             ("\\tfrac34", 1),
             ("3/4", 1),
             ("0.75", 1),
-            ("\\frac{6}{8}", 1),
+            ("\\frac{6}{8}", 0),
             ("\\frac{4}{3}", 0),
             ("\\frac 34", 1),
             ("\\frac{3}{5}", 0),
@@ -127,7 +131,10 @@ HAND: list[Case] = [
     Case("boxes", "\\boxed {12}", "12", 1),
     Case("boxes", "\\boxed{\\left\\{1, 2\\right\\}}", "\\{1,2\\}", 1),
     Case("boxes", "$\\boxed{\\text{no solution}}$", "\\text{no solution}", 1),
-    # answers followed by checks
+    # answers followed by checks (a check word that opens the work is not a check of a stated result)
+    Case("check", "We need 4 - 1 - 7. Let's check step by step: 4 - 1 = 3, 3 - 7 = -4.", "-4", 1),
+    Case("check", "To verify, compute 4 - 1 = 3 and then 3 - 7 = -4.", "-4", 1),
+    Case("check", "The total is 36. Let's verify: 6 * 6 = 36, and 36 - 1 = 35.", "36", 1),
     Case("check", "6 times 6 = 36. Check: 6*6=36", "36", 1),
     Case("check", "So x = 6. Check: 6*6 = 36, which matches.", "6", 1),
     Case("check", "So x = 6. Let's verify: 6 + 6 = 12, correct.", "6", 1),
@@ -172,6 +179,57 @@ HAND: list[Case] = [
     Case("truncated", "<think>\nOkay so first 59 + 63 = 122", "122", 0),
     Case("truncated", "<think>\n", "1", 0),
     Case("truncated", "<think>\nx</think>\n<think>\nanother round: 36", "36", 0),
+    # unworked answers: against a gold that is a plain number, an expression of the value earns nothing
+    Case("unworked", "The answer is 4 − 1 − 7", "-4", 0, prompt=CHAIN),
+    Case("unworked", "\\boxed{4 - 7 - 1}", "-4", 0, prompt=CHAIN),
+    Case("unworked", "The answer is (4 - 1 - 7)", "-4", 0, prompt=CHAIN),
+    Case("unworked", "\\boxed{[4-1-7]}", "-4", 0, prompt=CHAIN),
+    Case("unworked", "4 - 1 - 7 = -4", "-4", 1, prompt=CHAIN),
+    Case("unworked", "\\boxed{4 - 1 - 7 = -4}", "-4", 1, prompt=CHAIN),
+    Case("unworked", "The answer is −4.", "-4", 1, prompt=CHAIN),
+    Case("unworked", "\\boxed{6 \\times 8}", "48", 0, prompt="What is 6*8? Answer with just the final number."),
+    Case("unworked", "The answer is 8×6", "48", 0, prompt="What is 6*8?"),
+    Case("unworked", "\\boxed{48}", "48", 1, prompt="What is 6*8?"),
+    Case("unworked", "\\boxed{3 \\times 12 + 5}", "41", 0),
+    Case("unworked", "#### 3*12+5", "41", 0),
+    Case("unworked", "\\boxed{\\dbinom{8}{4}}", "70", 0, prompt="Compute $\\dbinom{8}{4}$."),
+    Case("unworked", "\\boxed{\\binom{8}{4}}", "70", 0),
+    Case("unworked", "\\boxed{\\sqrt{49}}", "7", 0),
+    Case("unworked", "\\boxed{\\log_2 64}", "6", 0),
+    Case("unworked", "\\boxed{6!}", "720", 0),
+    Case("unworked", "\\boxed{\\gcd(12, 18)}", "6", 0),
+    Case("unworked", "\\boxed{\\left\\lceil\\sqrt{140}\\right\\rceil}", "12", 0),
+    Case("unworked", "\\boxed{2^{10}}", "1024", 0),
+    Case("unworked", "\\boxed{\\frac{84}{144}}", "\\frac{7}{12}", 0, prompt="Simplify $\\frac{84}{144}$."),
+    Case("unworked", "\\boxed{\\frac{126}{99}}", "\\frac{14}{11}", 0),
+    Case("unworked", "\\boxed{\\frac{14}{11}}", "\\frac{14}{11}", 1),
+    Case("unworked", "\\boxed{1.5 \\times 10^{3}}", "1500", 1),
+    Case("unworked", "\\boxed{9.8 \\text{ m/s}^2}", "9.8", 1),
+    Case("unworked", "\\boxed{12 \\text{ cm}^2}", "12", 1),
+    Case("unworked", "\\boxed{12 m^2}", "12", 1),
+    Case("unworked", "\\boxed{4 = 3}", "3", 0),
+    Case("unworked", "\\boxed{x = 3 = 3.0}", "3", 1),
+    Case("unworked", "\\boxed{-10^{-2}}", "-0.01", 1),
+    Case("unworked", "\\boxed{x \\not= 3}", "3", 0),
+    Case("unworked", "\\boxed{x \\neq 3}", "3", 0),
+    Case("unworked", "\\boxed{\\neq 3}", "3", 0),
+    Case("unworked", "The answer is ≠ 3", "3", 0),
+    Case("unworked", "\\boxed{3 \\text{ (or 4)}}", "3", 0),
+    Case("unworked", "\\boxed{3 \\approx 4}", "3", 0),
+    Case("unworked", "\\boxed{3 \\lor 4}", "4", 0),
+    Case("unworked", "\\boxed{3 | 4}", "4", 0),
+    Case("unworked", "\\boxed{14 \\\\ 15}", "15", 0),
+    Case("unworked", "\\boxed{|-4|}", "4", 0),
+    # a final-answer marker whose rest is not an answer is passed over
+    Case("marker_noise", "So \\boxed{3}. I hope the answer is correct.", "3", 1),
+    Case("marker_noise", "\\boxed{3}\nThe answer is consistent with the constraints.", "3", 1),
+    Case("marker_noise", "Final answer: 3\nThe answer is therefore an odd number.", "3", 1),
+    Case("marker_noise", "The answer is obvious.\n4 - 1 - 7 = -4", "-4", 1),
+    Case("marker_noise", "To find the answer: 4 - 1 = 3, 3 - 7 = -4.", "-4", 1),
+    Case("marker_noise", "The answer is:\n4 - 1 = 3\n3 - 7 = -4", "-4", 1),
+    Case("marker_noise", "The answer is:\n\n42", "42", 1),
+    Case("marker_noise", "The answer is A.", "A", 1),
+    Case("marker_noise", "I am not sure the answer is right, but it is 7.", "7", 1),
     # restated questions: the prompt's own expression earns nothing
     Case("restated", "\\boxed{59 + 63}", "122", 0, prompt="What is 59 + 63?"),
     Case("restated", "59 + 63", "122", 0, prompt="What is 59 + 63?"),
@@ -185,6 +243,22 @@ HAND: list[Case] = [
     Case("restated", "The answer is $3 \\times 1$.", "3", 0, prompt="What is $3 \\times 1$?"),
     Case("restated", "\\boxed{x+1}", "x+1", 1, prompt="Is the factor x+1 or x-1?"),
     Case("restated", "\\boxed{\\frac{12}{3} + 2}", "6", 0, prompt="Compute $\\frac{12}{3} + 2$."),
+    Case("restated", "\\boxed{\\sqrt{245}}", "7\\sqrt{5}", 0, prompt="Simplify $\\sqrt{245}$."),
+    Case(
+        "restated",
+        "\\boxed{\\frac{1}{\\sqrt{2}}}",
+        "\\frac{\\sqrt{2}}{2}",
+        0,
+        prompt="Rationalize the denominator: $\\frac{1}{\\sqrt{2}}$.",
+    ),  # fmt: skip
+    Case("restated", "\\boxed{7\\sqrt{5}}", "7\\sqrt{5}", 1, prompt="Simplify $\\sqrt{245}$."),
+    Case(
+        "restated",
+        "The answer is 1/2.",
+        "\\frac{1}{2}",
+        1,
+        prompt="A coin lands heads with probability 1/2. What is the probability of tails?",
+    ),  # fmt: skip
     # conversational completions
     Case("messages", [{"role": "assistant", "content": "It is \\boxed{122}"}], "122", 1),
     Case("messages", [{"role": "assistant", "content": [{"type": "text", "text": "It is \\boxed{7}"}]}], "7", 1),

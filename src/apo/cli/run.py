@@ -15,8 +15,8 @@ A run directory holds::
                          passes over a checkpoint that does not match its manifest, naming it
     final/               the trained model (safetensors) and tokenizer
     summary.json         wall time, steps, rewards before/after, the gain with its paired 95% interval over
-                         prompts (reward_gain_ci95, apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the fraction of
-                         completions cut at max_completion_length: mean over the steps and last step), the
+                         prompts (reward_gain_ci95, apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
+                         fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
                          apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
                          written last, so it marks the run finished (--resume of a finished run then reports it and

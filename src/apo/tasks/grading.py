@@ -208,18 +208,29 @@ def first_number(text: str) -> str | None:
 
 
 _CHECK_RE = re.compile(r"\b(?:check|checking|verify|verification|verifying|sanity check)\b\s*[:,.]?", re.IGNORECASE)
+_SENTENCE_SPLIT_RE = re.compile(r"[.!?;](?=\s|$)|\n")
+_STATED_RESULT_RE = re.compile(r"(?:=|\bis\b|\bare\b|:|\\boxed\{)[^=]*\d")
+
+
+def _last_sentence(text: str) -> str:
+    """The last sentence of ``text`` (split at ``. ! ? ;`` before a space, and at line breaks), passing over a final
+    fragment without digits: the lead-in of the sentence that holds a check word (``So x = 6. Let's ``)."""
+    parts = [p for p in _SENTENCE_SPLIT_RE.split(text) if p.strip()]
+    if parts and not any(c.isdigit() for c in parts[-1]):
+        parts.pop()  # the lead-in of the sentence that holds the check word
+    return parts[-1] if parts else ""
 
 
 def last_number(text: str) -> str | None:
     """The last number of ``text`` (an integer, decimal, ``a/b``, ``\\frac{a}{b}`` or mixed number; thousands
     separators removed), or None. Numbers in a check after the answer (``= 36. Check: 6*6=36``) and in a parenthesis
-    right after a number (``15 (3 apples and 12 oranges)``) are skipped when a number precedes them."""
+    right after a number (``15 (3 apples and 12 oranges)``) are skipped: a check only when the sentence before it
+    states a result (``= 36``, ``is 36``, ``: 36``), not when the check word opens the work (``We need 4 - 1 - 7.
+    Let's check step by step: 4 - 1 = 3, 3 - 7 = -4``)."""
     text = _SEPARATOR_RE.sub("", text)
     checks = list(_CHECK_RE.finditer(text))
-    if checks:
-        before = _numbers(text[: checks[-1].start()])
-        if before:
-            text = text[: checks[-1].start()]
+    if checks and _STATED_RESULT_RE.search(_last_sentence(text[: checks[-1].start()])):
+        text = text[: checks[-1].start()]
     text = _drop_trailing_parenthesis(text)
     nums = _numbers(text)
     return nums[-1][1] if nums else None
@@ -284,23 +295,48 @@ def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
     return last
 
 
+_NOT_AN_ANSWER_RE = re.compile(
+    r"(?:correct|incorrect|right|wrong|consistent|obvious|clear|clearly|therefore|thus|hence|so|as|below|above|"
+    r"following|given|not|in|simple|straightforward|easy|indeed|this|that|it|an?|the|to|probably|likely|"
+    r"reasonable|valid|confirmed|verified|checked)\b"
+)
+"""Lower-case words that open the rest of a sentence after "answer is" that is not the answer ("I hope the answer is
+correct", "The answer is therefore an odd number", "the answer is not 3, it is 4"); matched case-sensitively, so
+``The answer is A`` is an answer."""
+
+
+_MARKER_WINDOW = 2000
+"""Characters after a final-answer marker that are read for its answer (its line, or the next non-empty lines)."""
+_MARKERS_TRIED = 4
+"""Final-answer markers tried, from the last one back, before giving up on markers (bounds the work per text)."""
+
+
 def _last_marker(text: str) -> tuple[int, str] | None:
-    """``(position, answer)`` of the last final-answer marker of ``text``, or None."""
-    m = _last_match(_MARKER_RE, text)
-    if m is None:
-        return None
-    rest = text[m.end() :]
-    lines = rest.split("\n", 3)
-    line = lines[0].strip()
-    if not line:
-        line = next((x.strip() for x in lines[1:] if x.strip()), "")
-    return m.start(), marker_answer(line)
+    r"""``(position, answer)`` of the last final-answer marker of ``text`` whose rest is an answer, or None.
+
+    The answer is on the marker's line; on an empty line, the next non-empty line, unless that is a step of work (an
+    equation followed by more lines: ``The answer is:\n4 - 1 = 3\n3 - 7 = -4``), which gives an empty answer. A
+    marker whose rest opens with a word of ``_NOT_AN_ANSWER_RE`` (``... the answer is right, but it is 7``) is passed
+    over for the one before it (at most ``_MARKERS_TRIED`` markers), then for the box or the last number."""
+    markers = list(_MARKER_RE.finditer(text))
+    for m in reversed(markers[-_MARKERS_TRIED:]):
+        lines = [x.strip() for x in text[m.end() : m.end() + _MARKER_WINDOW].split("\n")]
+        line = lines[0]
+        if not line:
+            rest = [x for x in lines[1:] if x]
+            line = rest[0] if rest and not ("=" in rest[0] and len(rest) > 1) else ""
+        answer = marker_answer(line)
+        if _NOT_AN_ANSWER_RE.match(answer):
+            continue
+        return m.start(), answer
+    return None
 
 
 def marker_answer(line: str) -> str:
     """The answer in the rest of a final-answer line: the box in its first sentence if any, else that sentence
     without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow
-    it (``42 apples`` -> 42)."""
+    it (``42 apples`` -> 42), or to the value after the last ``=`` of a chain of steps (``4 - 1 = 3, 3 - 7 = -4``
+    -> -4)."""
     line = line.replace("\\$", "")  # a currency sign, not a math delimiter
     math = _LEADING_MATH_RE.match(line)
     if math:  # "$x^2 - 1$, which factors": the answer is the math span
@@ -315,7 +351,9 @@ def marker_answer(line: str) -> str:
     m = _LEADING_NUMBER_RE.fullmatch(line)
     if m:
         return m.group(1)
-    return line.rstrip(".").strip()
+    if line.count("=") > 1:  # a chain of steps, "4 - 1 = 3, 3 - 7 = -4": its last value
+        line = line.rpartition("=")[2]
+    return line.rstrip(".!").strip()
 
 
 # -- extraction -------------------------------------------------------------------------------------------------------
@@ -509,16 +547,94 @@ def parse_number(expr: str) -> Fraction | None:
     return -value if neg else value
 
 
-_OPERATOR_RE = re.compile(r"[\w}).]\s*(?:[-+*/^×÷·]|\\times|\\cdot|\\div)\s*[\w\\({.]")
+_OPERATOR_RE = re.compile(r"[\w}).]\s*(?:[-+*/^×÷·⋅−]|\\times|\\cdot|\\div)\s*[\w\\({.]")
+_OPERATION_RE = re.compile(
+    r"\\(?:[dt]?binom|choose|sqrt|log|ln|lg|exp|sinh?|cosh?|tanh?|cot|sec|csc|arc[a-z]+|gcd|lcm|operatorname|max|min|"
+    r"sum|prod|int|lfloor|rfloor|lceil|rceil|det|bmod|pmod|mod)(?![A-Za-z])|!"
+)
+"""A function or operation whose value is the answer, not the answer (``\\dbinom{8}{4}``, ``\\sqrt{49}``, ``6!``)."""
+_RELATION_RE = re.compile(
+    r"\\(?:neq?|not|leq?|geq?|[lg]t|approx|sim|lor|vee|land|wedge|to|mapsto|implies|pm|mp|in)(?![A-Za-z])"
+    r"|[≠≈<>|±∓]|:=|\\\\"
+)
+"""A relation, a negation or several candidates (``x \\neq 3``, ``3 \\pm 1``, ``3 \\lor 4``, a line break)."""
+_UNIT_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit|mathit)\s*\{[^{}\d]*\}(?:\^\{?\d\}?)?")
+_UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?\d\}?")
+_DEGREE_RE = re.compile(r"\^\{?\\circ\}?")
+_SCIENTIFIC_RE = re.compile(r"(-?)(?:(\d+(?:\.\d+)?)(?:\\times|\\cdot|[*×·]))?10\^\{?(-?\d{1,4})\}?")
+
+
+def unworked(pred: str) -> str | None:
+    r"""Why ``pred``, graded against a gold answer that is a plain number, is not a stated value, or None.
+
+    A careful grader gives credit for the value, not for an expression that evaluates to it: copying the question
+    with its operands reordered or in parentheses (``(4 - 1 - 7)``, ``6 \times 8``, ``3*12+5``), a function of the
+    question's numbers (``\dbinom{8}{4}``, ``\sqrt{49}``, ``6!``, ``\gcd(12, 18)``), a fraction not in lowest terms
+    (``\frac{84}{144}`` for ``\frac{7}{12}``, ``\frac{14}{2}`` for 7), a relation or hedge (``x \neq 3``,
+    ``3 \pm 1``, ``3 \text{ (or 4)}``), or an equation between two different numbers (``4 = 3``). Allowed around the
+    one number: ``x =`` and the work before the last ``=`` (``4 - 1 - 7 = -4``), units (``5 \text{ cm}``, ``m^2``),
+    ``\%``, ``^\circ``, ``\$``, thousands separators, and scientific notation (``1.5 \times 10^{3}``, ``10^5``).
+
+    Returns: ``"a relation or several candidates"``, ``"an operation"``, ``"several numbers"``,
+    ``"a fraction not in lowest terms"``, ``"an equation between different numbers"``, or None.
+    """
+    return _stated(pred)[1]
+
+
+def stated_value(pred: str) -> Fraction | None:
+    r"""The one number ``pred`` states, exactly (``"x = -4"`` -> -4, ``"12 \text{ cm}^2"`` -> 12, ``"25\%"`` -> 25,
+    ``"1.5 \times 10^{3}"`` -> 1500), or None when it states none or is ``unworked``. Against a gold answer that is a
+    plain number this is the whole comparison: ``stated_value(pred) == parse_number(gold)``; units, ``\%`` and
+    ``^\circ`` are read as words around the number, not converted."""
+    return _stated(pred)[0]
+
+
+def _stated(pred: str) -> tuple[Fraction | None, str | None]:
+    """``(stated_value, unworked reason)`` of ``pred``: one of them is None."""
+    s = normalize(pred)
+    if _RELATION_RE.search(s):
+        return None, "a relation or several candidates"
+    s = _SEPARATOR_RE.sub("", _DEGREE_RE.sub("", _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub("", s))))
+    *sides, s = s.split("=")
+    if _OPERATION_RE.search(s):
+        return None, "an operation"
+    m = _SCIENTIFIC_RE.fullmatch(s)
+    if m:
+        value = (-1 if m.group(1) else 1) * Fraction(m.group(2) or 1) * Fraction(10) ** int(m.group(3))
+    else:
+        numbers = _numbers(s)
+        if len(numbers) > 1:
+            return None, "several numbers"
+        if not numbers:
+            return None, None
+        if _unreduced(numbers[0][1]):
+            return None, "a fraction not in lowest terms"
+        value = parse_number(numbers[0][1])
+    if any(v is not None and v != value for v in map(parse_number, sides)):
+        return None, "an equation between different numbers"
+    return value, None
+
+
+_FRACTION_PARTS_RE = re.compile(r"-?(?:\d+)?\\frac\{(-?\d+)\}\{(-?\d+)\}|-?(\d+)/(\d+)")
+
+
+def _unreduced(number: str) -> bool:
+    """Whether ``number`` (from ``_numbers``) is a fraction ``a/b`` with ``gcd(a, b) > 1`` or ``b = 1``."""
+    m = _FRACTION_PARTS_RE.fullmatch(number)
+    if not m:
+        return False
+    a, b = (int(x) for x in (m.group(1, 2) if m.group(1) is not None else m.group(3, 4)))
+    return abs(b) == 1 or math.gcd(a, b) > 1
 
 
 def restates(pred: str, prompt: str, gold: str = "") -> bool:
-    """Whether ``pred`` restates the question: it holds an operator (``59 + 63``, ``(x+1)^2``) and appears in
-    ``prompt`` (spacing aside), and it is not the gold answer itself."""
-    if not prompt or not _OPERATOR_RE.search(pred):
+    """Whether ``pred`` restates the question: it holds an operator or a function (``59 + 63``, ``(x+1)^2``,
+    ``\\sqrt{245}``, ``\\dbinom{8}{4}``) and appears in ``prompt`` (spacing aside), and it is not the gold answer
+    itself (nor equal to it as a plain number: ``1/2`` for ``\\frac{1}{2}``)."""
+    if not prompt or not (_OPERATOR_RE.search(pred) or _OPERATION_RE.search(normalize(pred))):
         return False
     p = normalize(pred).lower()
-    return bool(p) and p in normalize(prompt).lower() and p != normalize(gold).lower()
+    return bool(p) and p in normalize(prompt).lower() and p != normalize(gold).lower() and not quick_equal(gold, pred)
 
 
 def quick_equal(gold: str, pred: str) -> bool | None:

@@ -32,6 +32,7 @@ import importlib
 import inspect
 import json
 import logging
+import math
 from collections.abc import Callable
 
 from apo.tasks.bounded import SafeReward, bounded_map, safe_reward
@@ -51,6 +52,7 @@ from apo.tasks.grading import (
     prompt_text,
     quick_equal,
     restates,
+    stated_value,
     too_large,
 )
 from apo.tasks.grading import after_thinking as _after_thinking
@@ -164,10 +166,14 @@ def math_reward(
 
     The completion's answer is ``extract_answer(text, answer_format)`` (default ``"auto"``); the gold answer is the
     ``answer`` column if present (text after ``####``), else the last ``\\boxed{}`` of the ``solution`` column.
-    Scores 0.0: no answer; a ``<think>`` never closed; an empty gold answer (never credited: reject such rows when
-    loading data); an answer or gold ``too_large`` to verify; an answer that restates the prompt's expression
-    (``prompts``, passed by TRL). Equivalence: ``grading.quick_equal`` in this process, else math-verify in the
-    grader process, at most ``timeout_s`` seconds (default ``DEFAULT_TIMEOUT_S``) per completion.
+    Scores 0.0: no answer; a ``<think>`` never closed; an empty or missing (None, NaN) gold answer (never credited:
+    reject such rows when loading data); an answer or gold ``too_large`` to verify; an answer that restates the
+    prompt's expression (``prompts``, passed by TRL). Against a gold answer that is a plain number
+    (``grading.parse_number``) the answer must state that number (``grading.stated_value``, exact, in this process:
+    ``x = 5``, ``5 \\text{ cm}``, ``\\frac{1}{2}`` for 0.5), so an expression of it scores 0.0 (``grading.unworked``:
+    ``6 \\times 8`` for 48, ``\\dbinom{8}{4}`` for 70, ``\\frac{6}{8}``, ``3 \\pm 1``).
+    Other gold answers: equivalence by ``grading.quick_equal`` in this process, else math-verify in the grader process,
+    at most ``timeout_s`` seconds (default ``DEFAULT_TIMEOUT_S``) per completion.
 
     Args:
         completions: N strings or N conversational completions.
@@ -185,9 +191,9 @@ def math_reward(
     fmt = answer_format or "auto"
     n = len(completions)
     if answer is not None:
-        golds = [gold_answer(answer=a) for a in _columns("answer", {"answer": answer}, n)]
+        golds = [_gold(answer=a) for a in _columns("answer", {"answer": answer}, n)]
     elif solution is not None:
-        golds = [gold_answer(solution=s) for s in _columns("solution", {"solution": solution}, n)]
+        golds = [_gold(solution=s) for s in _columns("solution", {"solution": solution}, n)]
     else:
         raise ValueError(f"math_reward needs a 'solution' or an 'answer' column; got columns {sorted(columns)}")
     prompt_texts = _prompts(prompts, n)
@@ -200,13 +206,17 @@ def math_reward(
             continue
         pred = pred.strip()
         if not gold:
-            zeros.setdefault("empty gold answer", []).append(i)
+            zeros.setdefault("empty or missing gold answer", []).append(i)
             continue
         reason = too_large(pred) or too_large(gold)
         if reason:
             zeros.setdefault(f"too large to verify ({reason})", []).append(i)
             continue
         if restates(pred, prompt_texts[i], gold):
+            continue
+        gold_value = parse_number(gold)
+        if gold_value is not None:  # a plain number: the answer must state it (exact, in process)
+            out[i] = float(stated_value(pred) == gold_value)
             continue
         quick = quick_equal(gold, pred)
         if quick is not None:
@@ -229,6 +239,14 @@ def math_reward(
                     zeros.setdefault(str(value), []).append(i)
     _warn("math_reward", n, zeros)
     return out
+
+
+def _gold(**column) -> str:
+    """``gold_answer`` of one row's ``answer`` or ``solution``; "" (no credit) for a missing one (None or NaN)."""
+    (value,) = column.values()
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return gold_answer(**column)
 
 
 def _timeout(timeout_s: float | None) -> float:
