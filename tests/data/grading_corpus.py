@@ -200,6 +200,8 @@ HAND: list[Case] = [
     Case("unworked", "\\boxed{\\gcd(12, 18)}", "6", 0),
     Case("unworked", "\\boxed{\\left\\lceil\\sqrt{140}\\right\\rceil}", "12", 0),
     Case("unworked", "\\boxed{2^{10}}", "1024", 0),
+    Case("unworked", "The answer is 4²", "4", 0),
+    Case("unworked", "The answer is 4² = 16", "16", 1),
     Case("unworked", "\\boxed{\\frac{84}{144}}", "\\frac{7}{12}", 0, prompt="Simplify $\\frac{84}{144}$."),
     Case("unworked", "\\boxed{\\frac{126}{99}}", "\\frac{14}{11}", 0),
     Case("unworked", "\\boxed{\\frac{14}{11}}", "\\frac{14}{11}", 1),

@@ -510,9 +510,13 @@ def normalize(expr: str) -> str:
     return latex(_SPACING_RE.sub("", expr)).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
 
 
+_SUPERSCRIPTS = str.maketrans({c: f"^{{{d}}}" for d, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
+
+
 def latex(expr: str) -> str:
-    """``expr`` with the Unicode that math-verify does not read as LaTeX: ``°`` -> ``^\\circ``, ``−`` -> ``-``."""
-    return expr.replace("°", "^\\circ").replace("−", "-")
+    """``expr`` with the Unicode that math-verify does not read as LaTeX: ``°`` -> ``^\\circ``, ``−`` -> ``-``,
+    superscript digits ``4²`` -> ``4^{2}``."""
+    return expr.replace("°", "^\\circ").replace("−", "-").translate(_SUPERSCRIPTS)
 
 
 _NUMBER_FORM_RE = re.compile(
