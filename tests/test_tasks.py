@@ -9,11 +9,13 @@ import logging
 import math
 import os
 import time
+from fractions import Fraction
 
 import pytest
 
 from apo.tasks.arithmetic import ArithmeticTask, all_problems, format_problem, generate, split_of
 from apo.tasks.bounded import bounded_map
+from apo.tasks.grading import stated_value, unworked
 from apo.tasks.rewards import (
     arithmetic_reward,
     extract_answer,
@@ -625,3 +627,42 @@ def test_load_smollm2(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(path)
     assert tok.chat_template and tok.pad_token is not None
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+
+
+@pytest.mark.parametrize(
+    "pred, value",
+    [
+        ("-4", Fraction(-4)),
+        ("4 - 1 - 7 = -4", Fraction(-4)),
+        ("x = 5", Fraction(5)),
+        ("\\$1,234.50", Fraction("1234.5")),
+        ("12 \\text{ cm}^2", Fraction(12)),
+        ("25\\%", Fraction(25)),
+        ("30^\\circ", Fraction(30)),
+        ("1.5 \\times 10^{3}", Fraction(1500)),
+        ("-10^{-2}", Fraction(-1, 100)),
+        ("2\\frac{1}{2}", Fraction(5, 2)),
+        ("\\frac{-2}{3}", Fraction(-2, 3)),
+        ("−4", Fraction(-4)),
+    ],
+)
+def test_stated_value_reads_the_one_number_exactly(pred, value):
+    assert stated_value(pred) == value and unworked(pred) is None
+
+
+@pytest.mark.parametrize(
+    "pred, reason",
+    [
+        ("(4 - 1 - 7)", "several numbers"),
+        ("4²", "several numbers"),
+        ("\\dbinom{8}{4}", "an operation"),
+        ("6!", "an operation"),
+        ("\\frac{84}{144}", "a fraction not in lowest terms"),
+        ("\\frac{7}{1}", "a fraction not in lowest terms"),
+        ("x \\not= 3", "a relation or several candidates"),
+        ("4 = 3", "an equation between different numbers"),
+    ],
+)
+def test_an_expression_of_the_value_is_not_a_stated_value(pred, reason):
+    assert unworked(pred) == reason and stated_value(pred) is None
+    assert stated_value("\\text{four}") is None and unworked("\\text{four}") is None  # no number: no value, no reason
