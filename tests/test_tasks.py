@@ -644,6 +644,8 @@ def test_load_smollm2(tmp_path):
         ("2\\frac{1}{2}", Fraction(5, 2)),
         ("\\frac{-2}{3}", Fraction(-2, 3)),
         ("−4", Fraction(-4)),
+        (".5", Fraction(1, 2)),
+        ("-.25", Fraction(-1, 4)),
     ],
 )
 def test_stated_value_reads_the_one_number_exactly(pred, value):

@@ -565,6 +565,7 @@ _RELATION_RE = re.compile(
 _UNIT_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit|mathit)\s*\{[^{}\d]*\}(?:\^\{?\d\}?)?")
 _UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?\d\}?")
 _DEGREE_RE = re.compile(r"\^\{?\\circ\}?")
+_BARE_DECIMAL_RE = re.compile(r"(?<![\d.])\.(?=\d)")
 _SCIENTIFIC_RE = re.compile(r"(-?)(?:(\d+(?:\.\d+)?)(?:\\times|\\cdot|[*×·]))?10\^\{?(-?\d{1,4})\}?")
 
 
@@ -599,6 +600,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     if _RELATION_RE.search(s):
         return None, "a relation or several candidates"
     s = _SEPARATOR_RE.sub("", _DEGREE_RE.sub("", _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub("", s))))
+    s = _BARE_DECIMAL_RE.sub(r"0.", s)  # .5 -> 0.5
     *sides, s = s.split("=")
     if _OPERATION_RE.search(s):
         return None, "an operation"
