@@ -645,6 +645,12 @@ def test_load_smollm2(tmp_path):
         ("\\frac{-2}{3}", Fraction(-2, 3)),
         ("−4", Fraction(-4)),
         (".5", Fraction(1, 2)),
+        ("|z| = 5", Fraction(5)),
+        ("\\pi \\approx 3.14", Fraction("3.14")),
+        ("n \\equiv 5 \\pmod{7}", Fraction(5)),
+        ("2 1/2", Fraction(5, 2)),
+        ("-\\$4", Fraction(-4)),
+        ("1 000", Fraction(1000)),
         ("-.25", Fraction(-1, 4)),
     ],
 )
@@ -663,6 +669,10 @@ def test_stated_value_reads_the_one_number_exactly(pred, value):
         ("\\frac{7}{1}", "a fraction not in lowest terms"),
         ("x \\not= 3", "a relation or several candidates"),
         ("4 = 3", "an equation between different numbers"),
+        ("3 \\approx 4", "an equation between different numbers"),
+        ("1 \\text{ or } 8", "several numbers"),
+        ("1, 800", "several numbers"),
+        ("x \\le 5", "a relation or several candidates"),
     ],
 )
 def test_an_expression_of_the_value_is_not_a_stated_value(pred, reason):

@@ -167,7 +167,7 @@ def _numbers(text: str) -> list[tuple[int, str]]:
     for m in _NUMBER_SCAN_RE.finditer(text):
         start = m.start()
         sign = ""
-        if start > 0 and text[start - 1] in "-−":
+        if start > 0 and text[start - 1] in "-−–":
             if start < 2 or not (text[start - 2].isalnum() or text[start - 2] in ")}"):
                 sign = "-"
         if m.group().startswith("\\"):
@@ -505,18 +505,22 @@ def _exponent_log10(expr: str, i: int) -> float:
 _SPACING_RE = re.compile(r"\\left|\\right|\\[,!;: ]|\\displaystyle|\s|\$")
 
 
+_FRACTION_MACROS_RE = re.compile(r"\\(?:[dtcs]|nice)frac(?![A-Za-z])")
+
+
 def normalize(expr: str) -> str:
-    """``expr`` without LaTeX spacing, ``$``, ``\\left``/``\\right`` and with ``\\dfrac``/``\\tfrac`` as ``\\frac``."""
-    return latex(_SPACING_RE.sub("", expr)).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    """``expr`` without LaTeX spacing, ``$``, ``\\left``/``\\right`` and with ``\\dfrac``, ``\\tfrac``, ``\\cfrac``,
+    ``\\sfrac``, ``\\nicefrac`` as ``\\frac``."""
+    return _FRACTION_MACROS_RE.sub(r"\\frac", latex(_SPACING_RE.sub("", expr)))
 
 
 _SUPERSCRIPTS = str.maketrans({c: f"^{{{d}}}" for d, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
 
 
 def latex(expr: str) -> str:
-    """``expr`` with the Unicode that math-verify does not read as LaTeX: ``°`` -> ``^\\circ``, ``−`` -> ``-``,
-    superscript digits ``4²`` -> ``4^{2}``."""
-    return expr.replace("°", "^\\circ").replace("−", "-").translate(_SUPERSCRIPTS)
+    """``expr`` with the Unicode that math-verify does not read as LaTeX: ``°`` -> ``^\\circ``, ``−`` (minus) and
+    ``–`` (en dash) -> ``-``, superscript digits ``4²`` -> ``4^{2}``."""
+    return expr.replace("°", "^\\circ").replace("−", "-").replace("–", "-").translate(_SUPERSCRIPTS)
 
 
 _NUMBER_FORM_RE = re.compile(
@@ -557,13 +561,21 @@ _OPERATION_RE = re.compile(
     r"sum|prod|int|lfloor|rfloor|lceil|rceil|det|bmod|pmod|mod)(?![A-Za-z])|!"
 )
 """A function or operation whose value is the answer, not the answer (``\\dbinom{8}{4}``, ``\\sqrt{49}``, ``6!``)."""
+_NEGATION_RE = re.compile(r"\\not|\\neq?(?![A-Za-z])|≠")
+"""A negation anywhere in an answer (``x \\not= 3``, ``x \\neq 3``)."""
 _RELATION_RE = re.compile(
-    r"\\(?:neq?|not|leq?|geq?|[lg]t|approx|sim|lor|vee|land|wedge|to|mapsto|implies|pm|mp|in)(?![A-Za-z])"
-    r"|[≠≈<>|±∓]|:=|\\\\"
+    r"\\(?:leq?|geq?|[lg]t|sim|lor|vee|land|wedge|to|mapsto|implies|pm|mp|in)(?![A-Za-z])|[<>|±∓]|:|\\\\"
 )
-"""A relation, a negation or several candidates (``x \\neq 3``, ``3 \\pm 1``, ``3 \\lor 4``, a line break)."""
-_UNIT_TEXT_RE = re.compile(r"\\(?:text|mbox|mathrm|textrm|textit|mathit)\s*\{[^{}\d]*\}(?:\^\{?\d\}?)?")
-_UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?\d\}?")
+"""A relation or several candidates in the value of an answer (``3 \\pm 1``, ``3 \\lor 4``, ``x \\le 3``, a line
+break); on the left of ``=`` it is work (``|z| = 5``, ``P(X \\le 2) = 0.5``)."""
+_UNIT_TEXT_RE = re.compile(r"(?:\\(?:text\w*|math\w*|mbox)\s*\{[^{}\d]*\}|\{\\rm[^{}\d]*\})(?:\^\{?-?\d\}?)?")
+_UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?-?\d\}?")
+_MIXED_SPACE_RE = re.compile(r"(\d+)\s+(\d+)/(\d+)")
+_DIGIT_SPACE_RE = re.compile(r"(?<=\d),\s+(?=\d)|(?<=\d)\s+(?=\d)(?!\d{3}(?!\d))")
+_DETACHED_MINUS_RE = re.compile(r"(?<![\w)}])-((?:\\[A-Za-z]*\{?|[{(])+)(?=\d)")
+_PMOD_RE = re.compile(r"\\pmod\{?\d+\}?|\(\\mod\{?\d+\}?\)")
+_BASE10_RE = re.compile(r"(?<=\d)_\{?\(?10\)?\}?")
+_OVER_RE = re.compile(r"\{(-?\d+)\\over(-?\d+)\}")
 _DEGREE_RE = re.compile(r"\^\{?\\circ\}?")
 _BARE_DECIMAL_RE = re.compile(r"(?<![\d.])\.(?=\d)")
 _SCIENTIFIC_RE = re.compile(r"(-?)(?:(\d+(?:\.\d+)?)(?:\\times|\\cdot|[*×·]))?10\^\{?(-?\d{1,4})\}?")
@@ -576,9 +588,13 @@ def unworked(pred: str) -> str | None:
     with its operands reordered or in parentheses (``(4 - 1 - 7)``, ``6 \times 8``, ``3*12+5``), a function of the
     question's numbers (``\dbinom{8}{4}``, ``\sqrt{49}``, ``6!``, ``\gcd(12, 18)``), a fraction not in lowest terms
     (``\frac{84}{144}`` for ``\frac{7}{12}``, ``\frac{14}{2}`` for 7), a relation or hedge (``x \neq 3``,
-    ``3 \pm 1``, ``3 \text{ (or 4)}``), or an equation between two different numbers (``4 = 3``). Allowed around the
-    one number: ``x =`` and the work before the last ``=`` (``4 - 1 - 7 = -4``), units (``5 \text{ cm}``, ``m^2``),
-    ``\%``, ``^\circ``, ``\$``, thousands separators, and scientific notation (``1.5 \times 10^{3}``, ``10^5``).
+    ``3 \pm 1``, ``3 \text{ (or 4)}``, ``1 \text{ or } 8``), or an equation between two different numbers
+    (``4 = 3``, ``3 \approx 4``). Allowed around the one number: ``x =`` and the work before the last ``=``
+    (``4 - 1 - 7 = -4``, ``|z| = 5``, ``P(X \le 2) = 0.5``), ``\approx`` and ``\equiv`` as ``=`` (``\pi \approx 3.14``,
+    ``n \equiv 5 \pmod{7}``), units (``5 \text{ cm}``, ``m^2``, ``{\rm m}\,\text{s}^{-1}``), ``\%``, ``^\circ``,
+    ``\$``, a base-10 subscript (``27_{10}``), thousands separators, a mixed number with a space (``2 1/2``), a minus
+    sign before a brace or macro (``-{4}``, ``-\$4``), ``\cfrac``/``\sfrac``/``{3 \over 4}``, and scientific notation
+    (``1.5 \times 10^{3}``, ``10^5``).
 
     Returns: ``"a relation or several candidates"``, ``"an operation"``, ``"several numbers"``,
     ``"a fraction not in lowest terms"``, ``"an equation between different numbers"``, or None.
@@ -596,12 +612,18 @@ def stated_value(pred: str) -> Fraction | None:
 
 def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     """``(stated_value, unworked reason)`` of ``pred``: one of them is None."""
-    s = normalize(pred)
+    s = _DIGIT_SPACE_RE.sub(";", _MIXED_SPACE_RE.sub(r"\1\\frac{\2}{\3}", pred))  # 2 1/2; 1 8, 1, 8 are not 18
+    s = normalize(s).replace("{-}", "-")
+    if _NEGATION_RE.search(s):
+        return None, "a relation or several candidates"
+    s = _DETACHED_MINUS_RE.sub(r"\1-", s)  # -{4}, -\$4, -(4) -> {-4}, \$-4, (-4)
+    s = _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub(";", s))  # a unit separates: 1 \text{ or } 8 is not 18
+    s = _SEPARATOR_RE.sub("", _DEGREE_RE.sub("", _BASE10_RE.sub("", _PMOD_RE.sub("", s))))
+    s = _OVER_RE.sub(r"\\frac{\1}{\2}", _BARE_DECIMAL_RE.sub(r"0.", s))  # .5 -> 0.5
+    s = s.replace("\\equiv", "=").replace("\\approx", "=").replace("≈", "=")
+    *sides, s = s.split("=")
     if _RELATION_RE.search(s):
         return None, "a relation or several candidates"
-    s = _SEPARATOR_RE.sub("", _DEGREE_RE.sub("", _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub("", s))))
-    s = _BARE_DECIMAL_RE.sub(r"0.", s)  # .5 -> 0.5
-    *sides, s = s.split("=")
     if _OPERATION_RE.search(s):
         return None, "an operation"
     m = _SCIENTIFIC_RE.fullmatch(s)
