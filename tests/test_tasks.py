@@ -216,11 +216,17 @@ def test_size_guards():
 
 
 def test_extraction_is_linear_time():
-    for text in ("123," * 25_000, "\\boxed{" * 20_000, "1/" * 50_000, "(" * 100_000, "\\frac{" * 20_000):
+    texts = ("123," * 25_000, "\\boxed{" * 20_000, "1/" * 50_000, "(" * 100_000, "\\frac{" * 20_000)
+    for text in (*texts, ":" * 200_000 + " check 5", "The answer is correct. " * 20_000):
         t0 = time.perf_counter()
         for fmt in ("boxed", "final", "auto"):
             extract_answer(text, fmt)
         assert time.perf_counter() - t0 < 1.0, text[:20]
+    # answers of up to MAX_ANSWER_CHARS (longer ones are too_large) whose regexes could back-track
+    for pred in ("-" + "\\a{" * 333, "1 " * 500, "1 " * 499 + "1/2", "-" + "{(" * 499 + "x"):
+        t0 = time.perf_counter()
+        stated_value(pred)
+        assert time.perf_counter() - t0 < 1.0, pred[:20]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

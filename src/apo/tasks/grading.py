@@ -229,7 +229,9 @@ def last_number(text: str) -> str | None:
     Let's check step by step: 4 - 1 = 3, 3 - 7 = -4``)."""
     text = _SEPARATOR_RE.sub("", text)
     checks = list(_CHECK_RE.finditer(text))
-    if checks and _STATED_RESULT_RE.search(_last_sentence(text[: checks[-1].start()])):
+    if checks and _STATED_RESULT_RE.search(
+        _last_sentence(text[max(0, checks[-1].start() - 500) : checks[-1].start()])
+    ):
         text = text[: checks[-1].start()]
     text = _drop_trailing_parenthesis(text)
     nums = _numbers(text)
@@ -572,7 +574,7 @@ _UNIT_TEXT_RE = re.compile(r"(?:\\(?:text\w*|math\w*|mbox)\s*\{[^{}\d]*\}|\{\\rm
 _UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?-?\d\}?")
 _MIXED_SPACE_RE = re.compile(r"(\d+)\s+(\d+)/(\d+)")
 _DIGIT_SPACE_RE = re.compile(r"(?<=\d),\s+(?=\d)|(?<=\d)\s+(?=\d)(?!\d{3}(?!\d))")
-_DETACHED_MINUS_RE = re.compile(r"(?<![\w)}])-((?:\\[A-Za-z]*\{?|[{(])+)(?=\d)")
+_DETACHED_MINUS_RE = re.compile(r"(?<![\w)}])-((?:\\[A-Za-z]*|[{(])+)(?=\d)")
 _PMOD_RE = re.compile(r"\\pmod\{?\d+\}?|\(\\mod\{?\d+\}?\)")
 _BASE10_RE = re.compile(r"(?<=\d)_\{?\(?10\)?\}?")
 _OVER_RE = re.compile(r"\{(-?\d+)\\over(-?\d+)\}")
