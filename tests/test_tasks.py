@@ -15,7 +15,7 @@ import pytest
 
 from apo.tasks.arithmetic import ArithmeticTask, all_problems, format_problem, generate, split_of
 from apo.tasks.bounded import bounded_map
-from apo.tasks.grading import stated_value, unworked
+from apo.tasks.grading import math_equal, stated_value, unworked
 from apo.tasks.rewards import (
     arithmetic_reward,
     extract_answer,
@@ -684,3 +684,9 @@ def test_stated_value_reads_the_one_number_exactly(pred, value):
 def test_an_expression_of_the_value_is_not_a_stated_value(pred, reason):
     assert unworked(pred) == reason and stated_value(pred) is None
     assert stated_value("\\text{four}") is None and unworked("\\text{four}") is None  # no number: no value, no reason
+
+
+def test_math_equal_decides_as_the_reward_does():
+    for gold, pred in (("48", "6 \\times 8"), ("48", "48"), ("0.5", "\\frac12"), ("\\frac{3}{4}", "\\frac{6}{8}")):
+        assert math_equal(gold, pred) == (math_reward([f"\\boxed{{{pred}}}"], answer=[gold])[0] == 1.0)
+    assert not math_equal("48", "6 \\times 8") and math_equal("0.5", "\\frac12")

@@ -21,18 +21,20 @@ Extraction (``extract_answer(text, answer_format)``), in order:
    ``1{,}234``) are removed; a parenthesis right after the answer (``15 (3 + 12)``) and a check after it
    (``= 36. Check: 6*6=36``) are not read as the answer.
 
-Equivalence (``quick_equal`` then ``math_equal``):
+Equivalence (``math_equal``):
 
 - an empty gold answer never gives credit; an answer that is ``too_large`` scores 0 without reaching sympy;
-- equal after removing LaTeX spacing (``\\,``, ``\\!``, ``\\left``/``\\right``, ``$``, ``\\dfrac`` -> ``\\frac``) ->
-  equal; two plain numbers (``parse_number``) compare exactly as rationals (``0.5 == \\frac{1}{2}``,
-  ``1/3 != 0.333``);
+- a gold answer that is a plain number (``parse_number``): the answer must state that number (``stated_value``,
+  exact); an expression of it (``6 \\times 8``, ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``) is not a value
+  (``unworked``) and scores 0;
+- other gold answers (``quick_equal``): equal after removing LaTeX spacing (``\\,``, ``\\!``,
+  ``\\left``/``\\right``, ``$``, ``\\dfrac`` -> ``\\frac``) -> equal;
 - otherwise math-verify (``parse`` + ``verify``, its own timeouts off because they use ``signal.alarm``), falling
   back to string equality when either side does not parse. math-verify accepts ``x=5`` for ``5``, ``50\\%`` for
   ``50``, ``30^\\circ`` for ``30``, units and ``\\text{}``, set order, intervals, ``\\pi``.
 
-A restated question earns nothing (``restates``): an answer that contains an operator and appears verbatim (spacing
-aside) in the prompt, unless it is the gold answer itself.
+A restated question earns nothing (``restates``): an answer that contains an operator or a function and appears
+verbatim (spacing aside) in the prompt, unless it is the gold answer itself.
 
 Every regular expression here runs in linear time: no nested quantifiers, no back-tracking over an unbounded run.
 """
@@ -718,12 +720,17 @@ def warm_up() -> None:
 
 
 def math_equal(gold: str, pred: str) -> bool:
-    """Whether ``pred`` is equivalent to ``gold`` (``"\\frac{1}{2}"`` vs ``"0.5"``), in this process: False for an
-    empty gold or prediction and for either side ``too_large``; ``quick_equal``; else ``verify_latex``.
+    """Whether ``pred`` earns credit against ``gold`` (``"\\frac{1}{2}"`` vs ``"0.5"``), in this process, as
+    ``math_reward`` decides it (without the prompt): False for an empty gold or prediction and for either side
+    ``too_large``; for a gold that is a plain number, ``stated_value(pred) == parse_number(gold)``; else
+    ``quick_equal``, then ``verify_latex``.
 
     Not bounded in time by itself beyond the size guards; the rewards run ``verify_latex`` in a killable process."""
     if too_large(gold) or too_large(pred):
         return False
+    gold_value = parse_number(gold)
+    if gold_value is not None:
+        return bool(normalize(pred)) and stated_value(pred) == gold_value
     quick = quick_equal(gold, pred)
     return quick if quick is not None else verify_latex(gold, pred)
 
