@@ -24,10 +24,10 @@ Extraction (``extract_answer(text, answer_format)``), in order:
 Equivalence (``math_equal``):
 
 - an empty gold answer never gives credit; an answer that is ``too_large`` scores 0 without reaching sympy;
-- a gold answer that is a plain number (``parse_number``): the answer must state that number (``stated_value``,
-  exact); an expression of it (``6 \\times 8``, ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``) is not a value
-  (``unworked``) and scores 0;
-- other gold answers (``quick_equal``): equal after removing LaTeX spacing (``\\,``, ``\\!``,
+- in ``quick_equal``, a gold answer that is a plain number (``parse_number``): the answer must state that number
+  (``stated_value``, exact); an expression of it (``6 \\times 8``, ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``)
+  is not a value (``unworked``) and scores 0;
+- other gold answers, in ``quick_equal``: equal after removing LaTeX spacing (``\\,``, ``\\!``,
   ``\\left``/``\\right``, ``$``, ``\\dfrac`` -> ``\\frac``) -> equal;
 - otherwise math-verify (``parse`` + ``verify``, its own timeouts off because they use ``signal.alarm``), falling
   back to string equality when either side does not parse. math-verify accepts ``x=5`` for ``5``, ``50\\%`` for
@@ -647,40 +647,42 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     return value, None
 
 
-_FRACTION_PARTS_RE = re.compile(r"-?(?:\d+)?\\frac\{(-?\d+)\}\{(-?\d+)\}|-?(\d+)/(\d+)")
-
-
 def _unreduced(number: str) -> bool:
-    """Whether ``number`` (from ``_numbers``) is a fraction ``a/b`` with ``gcd(a, b) > 1`` or ``b = 1``."""
-    m = _FRACTION_PARTS_RE.fullmatch(number)
+    """Whether ``number`` (from ``_numbers``) is a fraction ``a/b`` of integers with ``gcd(a, b) > 1`` or ``b = 1``."""
+    m = _NUMBER_FORM_RE.fullmatch(number)
     if not m:
         return False
-    a, b = (int(x) for x in (m.group(1, 2) if m.group(1) is not None else m.group(3, 4)))
-    return abs(b) == 1 or math.gcd(a, b) > 1
+    _, _, fn, fd, fn1, fd1, dec, den = m.groups()
+    a, b = (fn, fd) if fn is not None else (fn1, fd1) if fn1 is not None else (dec, den)
+    if b is None or not a.lstrip("-").isdigit():
+        return False
+    return abs(int(b)) == 1 or math.gcd(int(a), int(b)) > 1
 
 
 def restates(pred: str, prompt: str, gold: str = "") -> bool:
     """Whether ``pred`` restates the question: it holds an operator or a function (``59 + 63``, ``(x+1)^2``,
     ``\\sqrt{245}``, ``\\dbinom{8}{4}``) and appears in ``prompt`` (spacing aside), and it is not the gold answer
     itself (nor equal to it as a plain number: ``1/2`` for ``\\frac{1}{2}``)."""
-    if not prompt or not (_OPERATOR_RE.search(pred) or _OPERATION_RE.search(normalize(pred))):
+    if not prompt:
         return False
-    p = normalize(pred).lower()
+    p = normalize(pred)
+    if not (_OPERATOR_RE.search(pred) or _OPERATION_RE.search(p)):
+        return False
+    p = p.lower()
     return bool(p) and p in normalize(prompt).lower() and p != normalize(gold).lower() and not quick_equal(gold, pred)
 
 
 def quick_equal(gold: str, pred: str) -> bool | None:
-    """Equivalence decided without sympy: False for an empty gold or prediction, True for equal normalized strings,
-    the exact comparison of two plain numbers (``parse_number``); None when math-verify must decide."""
+    """Equivalence decided without sympy: False for an empty gold or prediction; for a gold that is a plain number
+    (``parse_number``), whether ``pred`` states it (``stated_value(pred) == parse_number(gold)``, exact); True for
+    other golds equal to ``pred`` as normalized strings; None when math-verify must decide."""
     g, p = normalize(gold), normalize(pred)
     if not g or not p:
         return False
-    if g == p:
-        return True
-    gn, pn = parse_number(gold), parse_number(pred)
-    if gn is not None and pn is not None:
-        return gn == pn
-    return None
+    gold_value = parse_number(gold)
+    if gold_value is not None:
+        return stated_value(pred) == gold_value
+    return True if g == p else None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -721,16 +723,12 @@ def warm_up() -> None:
 
 def math_equal(gold: str, pred: str) -> bool:
     """Whether ``pred`` earns credit against ``gold`` (``"\\frac{1}{2}"`` vs ``"0.5"``), in this process, as
-    ``math_reward`` decides it (without the prompt): False for an empty gold or prediction and for either side
-    ``too_large``; for a gold that is a plain number, ``stated_value(pred) == parse_number(gold)``; else
-    ``quick_equal``, then ``verify_latex``.
+    ``math_reward`` decides it (without the prompt): False for either side ``too_large``; else ``quick_equal``
+    (empty sides, plain-number golds, equal strings), then ``verify_latex``.
 
     Not bounded in time by itself beyond the size guards; the rewards run ``verify_latex`` in a killable process."""
     if too_large(gold) or too_large(pred):
         return False
-    gold_value = parse_number(gold)
-    if gold_value is not None:
-        return bool(normalize(pred)) and stated_value(pred) == gold_value
     quick = quick_equal(gold, pred)
     return quick if quick is not None else verify_latex(gold, pred)
 

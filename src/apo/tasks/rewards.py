@@ -52,7 +52,6 @@ from apo.tasks.grading import (
     prompt_text,
     quick_equal,
     restates,
-    stated_value,
     too_large,
 )
 from apo.tasks.grading import after_thinking as _after_thinking
@@ -172,8 +171,8 @@ def math_reward(
     (``grading.parse_number``) the answer must state that number (``grading.stated_value``, exact, in this process:
     ``x = 5``, ``5 \\text{ cm}``, ``\\frac{1}{2}`` for 0.5), so an expression of it scores 0.0 (``grading.unworked``:
     ``6 \\times 8`` for 48, ``\\dbinom{8}{4}`` for 70, ``\\frac{6}{8}``, ``3 \\pm 1``).
-    Other gold answers: equivalence by ``grading.quick_equal`` in this process, else math-verify in the grader process,
-    at most ``timeout_s`` seconds (default ``DEFAULT_TIMEOUT_S``) per completion.
+    Equivalence: ``grading.quick_equal`` in this process (which applies that rule), else math-verify in the grader
+    process, at most ``timeout_s`` seconds (default ``DEFAULT_TIMEOUT_S``) per completion.
 
     Args:
         completions: N strings or N conversational completions.
@@ -214,11 +213,7 @@ def math_reward(
             continue
         if restates(pred, prompt_texts[i], gold):
             continue
-        gold_value = parse_number(gold)
-        if gold_value is not None:  # a plain number: the answer must state it (exact, in process)
-            out[i] = float(stated_value(pred) == gold_value)
-            continue
-        quick = quick_equal(gold, pred)
+        quick = quick_equal(gold, pred)  # decides every plain-number gold (the number stated) in process
         if quick is not None:
             out[i] = float(quick)
         else:
