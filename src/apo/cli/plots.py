@@ -102,16 +102,16 @@ def welch_interval(xs: list[float], ys: list[float]) -> tuple[float, float]:
     nx, ny = len(xs), len(ys)
     if nx == 0 or ny == 0:
         return math.nan, math.nan
-    diff = sum(xs) / nx - sum(ys) / ny
+    mx, my = sum(xs) / nx, sum(ys) / ny
     if nx < 2 or ny < 2:
-        return diff, math.nan
-    vx = sum((x - sum(xs) / nx) ** 2 for x in xs) / (nx - 1) / nx
-    vy = sum((y - sum(ys) / ny) ** 2 for y in ys) / (ny - 1) / ny
+        return mx - my, math.nan
+    vx = sum((x - mx) ** 2 for x in xs) / (nx - 1) / nx
+    vy = sum((y - my) ** 2 for y in ys) / (ny - 1) / ny
     se2 = vx + vy
     if se2 == 0:
-        return diff, 0.0
+        return mx - my, 0.0
     df = se2**2 / (vx**2 / (nx - 1) + vy**2 / (ny - 1))
-    return diff, t_quantile_975(max(1, math.floor(df))) * math.sqrt(se2)
+    return mx - my, t_quantile_975(max(1, math.floor(df))) * math.sqrt(se2)
 
 
 def moving_average(xs: list[float], window: int = SMOOTH_WINDOW) -> list[float]:

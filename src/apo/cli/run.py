@@ -188,7 +188,6 @@ def evaluate(
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
     rewards: list[float] = []
-    solved = 0
     gen = torch.Generator(device="cpu").manual_seed(seed)
     device = next(model.parameters()).device
     for start in range(0, len(rows), batch_size):
@@ -219,17 +218,16 @@ def evaluate(
             scores = [0.0 if c else s for s, c in zip(scores, cut, strict=True)]
         clipped += sum(cut)
         rewards.extend(scores)
-        for i in range(len(batch)):
-            solved += any(s > 0 for s in scores[i * samples : (i + 1) * samples])
     if was_training:
         model.train()
     from apo.cli.plots import mean_ci, nan_to_none
 
-    prompt_rewards = [sum(rewards[i * samples : (i + 1) * samples]) / samples for i in range(len(rows))]
+    per_prompt = [rewards[i * samples : (i + 1) * samples] for i in range(len(rows))]
+    prompt_rewards = [sum(scores) / samples for scores in per_prompt]
     return {
         "reward": sum(rewards) / max(1, len(rewards)),
         "reward_ci95": nan_to_none(mean_ci(prompt_rewards)[1]),
-        "pass_at_least_one": solved / max(1, len(rows)),
+        "pass_at_least_one": sum(any(s > 0 for s in scores) for scores in per_prompt) / max(1, len(rows)),
         "clipped_ratio": clipped / max(1, len(rewards)),
         "prompts": len(rows),
         "samples": samples,
