@@ -18,14 +18,13 @@ training.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -251,12 +250,7 @@ def _run_in_workers(
             todo.append((run_dir, values))
     free = list(range(len(slots)))
     running: dict[int, tuple[subprocess.Popen, Path, dict, float, Any]] = {}
-
-    def hang_up(signum, frame):  # a closed terminal: clean up as on an error
-        raise SystemExit(128 + signum)
-
-    hup = signal.signal(signal.SIGHUP, hang_up) if threading.current_thread() is threading.main_thread() else None
-    try:
+    try:  # SIGHUP (a closed terminal) is one of the stop signals: passed on like SIGTERM
         _schedule(todo, running, free, slots, out, records, stop)
     finally:  # an interrupted comparison leaves no training process behind (a rerun resumes the runs)
         for proc, *_ in running.values():
@@ -266,10 +260,9 @@ def _run_in_workers(
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):  # bounded even for a process stuck in the kernel
+                    proc.wait(timeout=10)
             log_file.close()
-        if hup is not None:
-            signal.signal(signal.SIGHUP, hup)
     for run_dir, _ in todo:  # not started after a failure or a stop
         records[run_dir.name] = {"run": run_dir.name, "status": "not started"}
     return [records[run_dir.name] for run_dir, _ in plan]
@@ -335,7 +328,7 @@ def _schedule(todo, running, free, slots, out, records, stop: StopSignals) -> No
                 rec["status"] = "resumed" if info["resume"] else "trained"
                 (out / f".{run_dir.name}.json").unlink(missing_ok=True)
                 logger.info("%s: done in %.0f s", run_dir, rec["wall_time_s"])
-            elif stop.requested and proc.returncode in (130, 143):
+            elif stop.requested and proc.returncode in (129, 130, 143):
                 rec.update(status="stopped", returncode=proc.returncode)
                 logger.info("%s: stopped (exit %d), resumable", run_dir, proc.returncode)
             else:

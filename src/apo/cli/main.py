@@ -9,9 +9,10 @@
 CONFIG is a YAML file or the name of a bundled config (apo/configs/*.yaml); without it, the embedded default
 (offline, CPU: a tiny Llama on 2-digit addition) is used.
 
-Exit status: 0 done (also: --resume of a finished run, which changes nothing); 1 a run of apo compare failed; 2 a
-configuration or input mistake (one line on stderr naming the key, before any work); 130 / 143 stopped by SIGINT /
-SIGTERM (at a step boundary, after a checkpoint; the one line on stderr gives the command that resumes).
+Exit status: 0 done (also: --resume of a finished run, which changes nothing); 1 a run failed (apo compare: one of
+its runs; apo train: no completion could be scored, one line giving the reason); 2 a configuration or input mistake
+(one line on stderr naming the key, before any work); 129 / 130 / 143 stopped by SIGHUP / SIGINT / SIGTERM (at a
+step boundary, after a checkpoint; the one line on stderr gives the command that resumes).
 
 This module imports the other CLI modules, never the other way round (shared process helpers live in
 apo.cli.process).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,12 +46,39 @@ def _values(items: list[str]):
     return cfglib.resolve_values(path, cfglib.parse_overrides(pairs))
 
 
+def emit(text: str) -> None:
+    """Print the result of a finished command on stdout. A reader that has gone (``apo train ... | head -1``) does
+    not turn the finished work into a failure: the rest of the output is dropped quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+
+
+def _own_run_folder(args, values: dict) -> dict:
+    """``apo train RUN/config.yaml --resume`` resumes RUN from any working folder: a run's saved ``output_dir`` may
+    be relative to where it started, so the folder of the saved config is the run (unless ``output_dir=`` is set on
+    the command line)."""
+    path, pairs = _split_config_and_overrides(args.items)
+    if not args.resume or path is None or any(p.startswith("output_dir=") for p in pairs):
+        return values
+    config = Path(path)
+    if (
+        config.name == "config.yaml"
+        and config.is_file()
+        and Path(values["output_dir"]).resolve() != config.parent.resolve()
+    ):
+        return {**values, "output_dir": str(config.parent)}
+    return values
+
+
 def cmd_train(args) -> int:
     from apo.cli.run import train
 
-    run_dir = train(_values(args.items), resume=args.resume)
+    run_dir = train(_own_run_folder(args, _values(args.items)), resume=args.resume)
     summary = json.loads((run_dir / "summary.json").read_text())
-    print(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
+    emit(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
     return 0
 
 
@@ -58,6 +87,11 @@ def cmd_eval(args) -> int:
     from apo.cli.run import eval_kwargs, evaluate, load_inputs, loading_inputs
 
     values = _values(args.items)
+    if args.policy and not Path(args.policy).expanduser().is_dir():
+        raise cfglib.ConfigError(
+            f"--policy {args.policy!r}: no such folder; pass a model folder (e.g. runs/<run>/final), or a hub id as "
+            "model=<id>"
+        )
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)
@@ -66,7 +100,7 @@ def cmd_eval(args) -> int:
     result = {"model": cfg.model, **evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "prompt_rewards"}, indent=2))
+    emit(json.dumps({k: v for k, v in result.items() if k != "prompt_rewards"}, indent=2))
     return 0
 
 
@@ -87,7 +121,7 @@ def cmd_config(args) -> int:
         text = yaml_set(cfglib.dump(cfg), dict.fromkeys(unchecked, True)) if unchecked else cfglib.dump(cfg)
     if unchecked:
         text = f"# {', '.join(unchecked)}: not checked (no GPU on this machine)\n" + text
-    print(text, end="")
+    emit(text.rstrip("\n"))
     return 0
 
 
@@ -123,7 +157,7 @@ def cmd_compare(args) -> int:
         devices=[d for d in args.devices.split(",") if d] if args.devices else None,
         command=["apo", *args.argv],
     )
-    print(f"comparison written to {out}")
+    emit(f"comparison written to {out}")
     return 0
 
 
@@ -138,7 +172,7 @@ def cmd_plot(args) -> int:
         out = plot_comparison([Path(p) for p in args.run_dirs], out_dir=args.out)
     except FileNotFoundError as e:
         raise ConfigError(f"apo plot: {e}") from None
-    print(f"figures and table written to {out}")
+    emit(f"figures and table written to {out}")
     return 0
 
 
@@ -263,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     children_die_with_this_process()  # a killed run leaves no forked worker behind
     from apo.cli.compare import CompareError
     from apo.cli.config import ConfigError
+    from apo.cli.run import RunFailed
+    from apo.tasks.bounded import close_children
 
     try:
         return args.fn(args)
@@ -275,9 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as e:
         print(f"apo: {e}", file=sys.stderr)
         return e.code
+    except RunFailed as e:
+        print(f"apo: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("apo: interrupted by SIGINT", file=sys.stderr)
         return 130
+    finally:
+        close_children()  # every reward worker and grader process ends with the command, within seconds
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@
   every child forked from the main thread of this process from then on (``os.register_at_fork``), so a worker that
   some library forks (the reward worker, a data loader) cannot outlive a killed run. Elsewhere than Linux both are
   no-ops.
-- :class:`StopSignals`: the first ``SIGINT`` / ``SIGTERM`` asks the run to stop at the next optimizer-step boundary
-  (the training loop polls :attr:`StopSignals.requested`); a second one ends the process at once
-  (``os._exit(128 + signum)``), after one line on stderr.
-- :class:`RunStopped`: raised once a run has stopped on a signal; ``code`` is the exit status (130 for ``SIGINT``,
-  143 for ``SIGTERM``: ``128 + signum``, the shell's convention) and the message is the one line to print.
+- :class:`StopSignals`: the first ``SIGINT`` / ``SIGTERM`` / ``SIGHUP`` asks the run to stop at the next
+  optimizer-step boundary (the training loop polls :attr:`StopSignals.requested`); a second one ends the process at
+  once (``os._exit(128 + signum)``), after one line on stderr.
+- :class:`RunStopped`: raised once a run has stopped on a signal; ``code`` is the exit status (129 for ``SIGHUP``,
+  130 for ``SIGINT``, 143 for ``SIGTERM``: ``128 + signum``, the shell's convention) and the message is the one line
+  to print.
 
 This module imports neither ``apo.cli.main`` nor TRL: the CLI modules import it, never the other way round.
 """
@@ -90,13 +91,33 @@ class RunStopped(Exception):
 
 
 SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+if hasattr(signal, "SIGHUP"):  # a closed terminal or `kill -HUP`: stop as on SIGTERM (exit 129)
+    SIGNAL_NAMES[signal.SIGHUP] = "SIGHUP"
+
+_installed: set[int] = set()  # signals a StopSignals of this process handles now
+
+
+def _default_signals_in_child() -> None:
+    # A forked child (a reward worker, a data loader) must not inherit the run's graceful stop handler: it would
+    # ignore the SIGTERM that ends it, and whoever waits for it would wait for ever.
+    for sig in list(_installed):
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):  # not the main thread of the child: nothing Python-level runs there
+            pass
+    _installed.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_default_signals_in_child)
 
 
 class StopSignals:
-    """Context manager: while active, the first ``SIGINT`` / ``SIGTERM`` sets :attr:`signum` (the run stops at the
-    next step boundary); a second ends the process at once with ``128 + signum`` after printing ``urgent_line``
-    (``{signal}`` in it: the second signal's name).
-    Outside the main thread (where Python cannot set handlers) it does nothing. Handlers are restored on exit."""
+    """Context manager: while active, the first ``SIGINT`` / ``SIGTERM`` / ``SIGHUP`` sets :attr:`signum` (the run
+    stops at the next step boundary); a second ends the process at once with ``128 + signum`` after printing
+    ``urgent_line`` (``{signal}`` in it: the second signal's name).
+    Outside the main thread (where Python cannot set handlers) it does nothing. Handlers are restored on exit; a
+    process forked meanwhile starts with the default action for these signals (``os.register_at_fork``)."""
 
     def __init__(self, urgent_line: str = "apo: stopped at once by a second {signal}"):
         self.signum: int | None = None
@@ -130,9 +151,11 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNAL_NAMES:
                 self._saved[sig] = signal.signal(sig, self._handle)
+                _installed.add(sig)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
+            _installed.discard(sig)
         self._saved.clear()

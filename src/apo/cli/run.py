@@ -44,9 +44,15 @@ from typing import Any
 import yaml
 
 from apo.cli import config as cfglib
+from apo.cli.lock import RunDirBusy, RunLock, holder
 from apo.cli.process import RunStopped, StopSignals
 
 logger = logging.getLogger("apo")
+
+
+class RunFailed(RuntimeError):
+    """A run that ran but produced nothing to trust (no completion could be scored); the message says why and where
+    the run marks it (``summary.json``'s ``failed``). Exit status 1."""
 
 
 def _seed_everything(seed: int) -> None:
@@ -120,7 +126,8 @@ def load_reward_fn(cfg):
     from apo.tasks.rewards import load_reward, safe_reward
 
     fn = load_reward(cfg.reward or default_reward(cfg.task), answer_format=cfg.answer_format)
-    return safe_reward(fn, timeout_s=cfg.reward_timeout)
+    # The whole batch in one call (TRL's contract: a reward may depend on its batch), bounded per call.
+    return safe_reward(fn, timeout_s=cfg.reward_timeout, per_completion=False)
 
 
 def load_inputs(cfg, split: str):
@@ -432,11 +439,20 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
             different config to resume.
         RunStopped: stopped by a signal.
     """
+    from apo.tasks.bounded import close_children
+
     cfg = cfglib.build(values)
     run_dir = Path(cfg.output_dir)
     command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
+    lock = RunLock(run_dir)
     with StopSignals("apo: stopped at once by a second {signal}; resume with: " + command) as stop:
-        return _train(values, cfg, run_dir, resume, stop)
+        try:
+            return _train(values, cfg, run_dir, resume, stop, lock)
+        except RunDirBusy as e:
+            raise cfglib.ConfigError(str(e)) from None
+        finally:
+            lock.release()
+            close_children()  # the reward worker and graders end with the run, not at interpreter exit
 
 
 def _stopped(stop: StopSignals, run_dir: Path, step: int, saved: bool) -> RunStopped:
@@ -450,7 +466,7 @@ def _stopped(stop: StopSignals, run_dir: Path, step: int, saved: bool) -> RunSto
     )
 
 
-def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopSignals) -> Path:
+def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopSignals, lock: RunLock) -> Path:
     import torch
     from transformers import PrinterCallback, ProgressCallback
 
@@ -464,13 +480,20 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
 
     saved_cfg = run_dir / "config.yaml"
     checkpoint = None
+    if holder(run_dir) is not None:
+        raise RunDirBusy(run_dir, holder(run_dir))
     if resume:
         if not saved_cfg.exists():
             raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
-        diff = saved_config_diff(run_dir, values)
+        lock.acquire()
+        # the folder being resumed is the run, wherever it was started from (a saved output_dir may be relative)
+        diff = [k for k in saved_config_diff(run_dir, values) if k != "output_dir"]
         if diff:
             raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
         if is_finished(run_dir):
+            failed = json.loads((run_dir / "summary.json").read_text()).get("failed")
+            if failed:
+                raise cfglib.ConfigError(f"--resume: {run_dir} failed ({failed}); start over with a new output_dir")
             logger.info("%s is finished (summary.json written): nothing to resume, nothing changed", run_dir)
             return run_dir
         _remove_leftovers(run_dir)
@@ -491,24 +514,30 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
 
     with loading_inputs(cfg):
         reward_fn, model, tokenizer, train_ds, eval_ds = load_run_inputs(cfg)
+    _check_one_step(cfg, train_ds)
     eval_kw = eval_kwargs(cfg)
-    created = [] if resume else _start_run_dir(run_dir, values)
+    created = [] if resume else _start_run_dir(run_dir, values, lock)
     try:
         if cfg.eval_before_after and not (run_dir / "eval_before.json").exists():
+            counts = _reward_counts(reward_fn)
             before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kw)
+            _fail_if_no_reward(reward_fn, counts, "the held-out evaluation before training")
             _write_json(run_dir / "eval_before.json", before)
             logger.info("held-out reward before training: %.4f", before["reward"])
         if stop.requested:
             raise _stopped(stop, run_dir, 0, True)
+        no_reward = _StopWithoutReward(reward_fn)
         trainer = APOTrainer(
             model=model,
             reward_funcs=[reward_fn],
             args=cfg,
             train_dataset=train_ds,
             processing_class=tokenizer,
-            callbacks=_callbacks(run_dir, cfg.max_steps, wall_time_s, stop),
+            callbacks=[*_callbacks(run_dir, cfg.max_steps, wall_time_s, stop), no_reward.callback],
         )
     except BaseException:
+        if created:
+            lock.release()  # the folder it made is removed with the rest
         _undo_start(run_dir, created)
         raise
     trainer.remove_callback(PrinterCallback)
@@ -523,6 +552,11 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
+    if no_reward.reason is not None or trainer.state.global_step == 0:
+        reason = no_reward.reason or "no optimizer step was trained"
+        failed = {"failed": reason, "steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
+        _write_json(run_dir / "summary.json", failed)
+        raise RunFailed(f"{reason}; {run_dir}/summary.json marks the run failed, no final model written")
 
     final = run_dir / "final"
     tmp = run_dir / "final.tmp"
@@ -536,6 +570,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
 
     rows = read_metrics(run_dir)
     summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
+    summary["reward_failed_frac"] = no_reward.failed_frac()
     summary.update(clipped_ratio_summary(rows))
     if cfg.eval_before_after and eval_ds is not None:
         after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)
@@ -554,6 +589,67 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
     plot_run(run_dir, rows=rows)
     _write_json(run_dir / "summary.json", summary)  # last: marks the run finished
     return run_dir
+
+
+def _check_one_step(cfg, train_ds) -> None:
+    """Refuse, before any work, a training set too small for one optimizer step: TRL's sampler draws
+    ``generation_batch_size / num_generations`` distinct prompts per generation batch and drops a short last one,
+    so fewer prompts would train 0 steps and save the untrained model as if trained."""
+    need = cfg.generation_batch_size // cfg.num_generations
+    if len(train_ds) < need:
+        raise cfglib.ConfigError(
+            f"task={cfg.task!r} (train_size={cfg.train_size}) gives {len(train_ds)} training prompts, fewer than the "
+            f"{need} of one generation batch (generation_batch_size {cfg.generation_batch_size} / num_generations "
+            f"{cfg.num_generations}): nothing would be trained; add prompts or lower per_device_train_batch_size"
+        )
+
+
+def _reward_counts(reward_fn) -> tuple[int, int]:
+    return getattr(reward_fn, "n_failed", 0), getattr(reward_fn, "n_scored", 0)
+
+
+def _no_reward_reason(reward_fn, counts: tuple[int, int], where: str) -> str | None:
+    """The reason to stop when the reward failed (raised, timed out, returned None/NaN) on every completion scored
+    since ``counts`` (:func:`_reward_counts`), else ``None``."""
+    failed, scored = (a - b for a, b in zip(_reward_counts(reward_fn), counts, strict=True))
+    if scored == 0 or failed < scored:
+        return None
+    name = getattr(reward_fn, "__name__", "reward")
+    return f"reward {name} failed on every one of the {scored} completions of {where} ({reward_fn.last_failure})"
+
+
+def _fail_if_no_reward(reward_fn, counts: tuple[int, int], where: str) -> None:
+    reason = _no_reward_reason(reward_fn, counts, where)
+    if reason is not None:
+        raise RunFailed(reason + "; nothing was trained")
+
+
+class _StopWithoutReward:
+    """Trainer callback: after the first optimizer step whose completions all failed to score, stop training
+    (``reason`` says why); keeps the fraction of failed completions (``failed_frac``)."""
+
+    def __init__(self, reward_fn):
+        from transformers import TrainerCallback
+
+        self.reward_fn, self.reason = reward_fn, None
+        self.start = self.last = _reward_counts(reward_fn)
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                now = _reward_counts(outer.reward_fn)
+                reason = _no_reward_reason(outer.reward_fn, outer.last, f"step {state.global_step}")
+                outer.last = now
+                if reason is not None:
+                    outer.reason = reason
+                    control.should_training_stop = True
+                    control.should_save = False
+
+        self.callback = Callback()
+
+    def failed_frac(self) -> float:
+        failed, scored = (a - b for a, b in zip(_reward_counts(self.reward_fn), self.start, strict=True))
+        return failed / scored if scored else 0.0
 
 
 @contextlib.contextmanager
@@ -594,10 +690,17 @@ def loading_inputs(cfg):
             h.removeFilter(drop_dataset_errors)
 
 
-def _start_run_dir(run_dir: Path, values: dict[str, Any]) -> list[Path]:
-    """Create ``run_dir`` (if needed) and write ``config.yaml``; returns what was created, for :func:`_undo_start`."""
+def _start_run_dir(run_dir: Path, values: dict[str, Any], lock: RunLock) -> list[Path]:
+    """Create ``run_dir`` (if needed), take its lock and write ``config.yaml``; returns what was created, for
+    :func:`_undo_start`. A run that another process started meanwhile is refused (:class:`RunDirBusy` while it runs,
+    "already holds a run" once it has written its config)."""
     created = [] if run_dir.exists() else [run_dir]
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    if (run_dir / "config.yaml").exists():
+        raise cfglib.ConfigError(
+            f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
+        )
     _write_text(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=True))
     return [run_dir / "config.yaml", run_dir / "eval_before.json", *created]
 

@@ -18,6 +18,7 @@ and a watcher thread exits when the parent pid changes (other systems).
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import math
@@ -25,10 +26,12 @@ import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
@@ -39,17 +42,31 @@ RewardFn = Callable[..., list]
 DEFAULT_START_TIMEOUT_S = 120.0
 """Seconds a grader or reward worker process may take to start (imports included)."""
 
+CLOSE_TIMEOUT_S = 2.0
+"""Seconds a grader or reward worker may take to exit when closed, before it is killed."""
+
+CHILD_DEFAULT_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""Signals a child process handles with the system's default action, whatever its parent installed."""
+
 # ---------------------------------------------------------------------------------------------------------------------
 # children that die with their parent
 
 
 def die_with_parent(parent_pid: int) -> None:
     """In a child process: exit as soon as ``parent_pid`` is no longer the parent (Linux: the kernel sends SIGKILL;
-    elsewhere a watcher thread polls the parent pid every 0.2 s), and ignore ``SIGINT``: a terminal's Ctrl-C reaches
-    the whole process group, and the parent, which stops at a step boundary, still needs this child's scores."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    elsewhere a watcher thread polls the parent pid every 0.2 s), with the default action for ``SIGINT``,
+    ``SIGTERM`` and ``SIGHUP`` (a child forked from the ``apo`` command inherits its graceful stop handler, which
+    would ignore the ``SIGTERM`` that ``close`` and ``multiprocessing``'s exit hook send, and the parent's join
+    would wait for ever), in a process group of its own: a terminal's Ctrl-C or hang-up reaches the parent, which
+    stops at a step boundary and still needs this child's scores, and the parent alone ends its children."""
+    for sig in CHILD_DEFAULT_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.setpgid(0, 0)
+    except OSError:  # already a group leader (started with process_group=0) or not allowed: keep the parent's group
+        pass
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -168,7 +185,9 @@ class _Grader:
         args = [sys.executable, "-c", code, str(child_sock.fileno()), str(os.getpid()), target, ",".join(preload)]
         try:
             self.proc = start_child(
-                lambda: subprocess.Popen(args, pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
+                lambda: subprocess.Popen(
+                    args, pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL, process_group=0
+                )
             )
         finally:
             child_sock.close()
@@ -290,7 +309,7 @@ def close_graders() -> None:
         for grader in pool.graders.values():
             try:
                 grader.conn.send(None)
-                grader.proc.wait(2)
+                grader.proc.wait(CLOSE_TIMEOUT_S)
             except Exception:  # noqa: BLE001
                 pass
             grader.kill()
@@ -361,7 +380,10 @@ class SafeReward:
         self.n_scored = 0
         self._proc = None
         self._conn = None
+        self._owner: int | None = None
         self._fn_bytes = None
+        self.last_failure: str | None = None  # the reason of the last completion scored 0.0 for a failure
+        _LIVE_REWARDS.add(self)
         if timeout_s is not None and timeout_s <= 0:
             raise ValueError(f"safe_reward timeout_s={timeout_s}: must be > 0 (or None for no worker)")
         if timeout_s is not None and self.mp_context != "fork":
@@ -404,24 +426,25 @@ class SafeReward:
                 f"safe_reward({self.__name__}): worker failed to start (exit code {proc.exitcode}); is the reward "
                 "importable by module path?"
             )
-        self._proc, self._conn = proc, parent
+        self._proc, self._conn, self._owner = proc, parent, os.getpid()
 
     def close(self):
-        """Stop the worker process (a later call starts a new one)."""
-        if self._proc is not None:
+        """Stop the worker process, within ``CLOSE_TIMEOUT_S`` seconds and then by ``SIGKILL`` (a later call starts
+        a new one). Only the process that started the worker closes it (a forked copy of this object does not)."""
+        if self._proc is not None and self._owner == os.getpid():
             try:
                 self._conn.send(None)
             except Exception:
                 pass
-            self._proc.join(1)
+            self._proc.join(CLOSE_TIMEOUT_S)
             if self._proc.is_alive():
                 self._proc.kill()
-                self._proc.join(1)
+                self._proc.join(CLOSE_TIMEOUT_S)
             self._conn.close()
         self._proc = self._conn = None
 
     def _kill(self):
-        if self._proc is not None:
+        if self._proc is not None and self._owner == os.getpid():
             self._proc.kill()
             self._proc.join(5)
             self._conn.close()
@@ -437,6 +460,10 @@ class SafeReward:
         state = self.__dict__.copy()
         state["_proc"] = state["_conn"] = None
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        _LIVE_REWARDS.add(self)
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def __call__(self, completions: list, **columns) -> list[float]:
@@ -461,6 +488,7 @@ class SafeReward:
         self.n_failed += n_failed
         self.n_scored += n
         if failures:
+            self.last_failure = next(iter(failures))
             detail = "; ".join(
                 f"{reason}: completions {idx[:10]}{'...' if len(idx) > 10 else ''}" for reason, idx in failures.items()
             )
@@ -516,6 +544,24 @@ class SafeReward:
         return scores, reasons
 
 
+_LIVE_REWARDS: weakref.WeakSet[SafeReward] = weakref.WeakSet()
+
+
+def close_children() -> None:
+    """Stop every grader process and reward worker this process started, each within ``CLOSE_TIMEOUT_S`` seconds
+    (then ``SIGKILL``). Called by the ``apo`` command when a command ends, and at interpreter exit (before
+    ``multiprocessing``'s own exit hook, which would wait on a daemonic worker without a time limit)."""
+    for reward in list(_LIVE_REWARDS):
+        try:
+            reward.close()
+        except Exception:  # noqa: BLE001 - the others are still closed
+            pass
+    close_graders()
+
+
+atexit.register(close_children)  # registered after multiprocessing's hook (imported above), so it runs first
+
+
 def _spread(result, n: int, a: int, b: int) -> tuple[list, list]:
     """Check a reward's output for a chunk of ``n`` completions: ``(scores, reasons)`` with a reason per bad entry."""
     if result is None or len(result) != n:
@@ -566,6 +612,7 @@ def safe_reward(
 __all__ = [
     "SafeReward",
     "bounded_map",
+    "close_children",
     "close_graders",
     "die_with_parent",
     "grader_pids",
