@@ -82,6 +82,44 @@ CASES: list[Case] = [
     Case("unknown algorithm", train("algorithm=ppo"), "unknown algorithm 'ppo'"),
     Case("override without =", ["train", "output_dir=r", "=5"], "override '=5' is not key=value"),
     Case("malformed override value", train("alpha=[0.5"), "override 'alpha=[0.5', line 1, column 5: malformed YAML"),
+    Case("infinite value", train("learning_rate=.inf"), "config key 'learning_rate': inf is not a finite number"),
+    # YAML values as written (the 1.2 core schema): no base 60, no octal, `off`/`no` are words
+    Case("a time-like value", train("max_steps=1:30"), "config key 'max_steps': expected int, got str '1:30'"),
+    Case("a yes/no word where a boolean is needed", train("use_cpu=yes"), "config key 'use_cpu': expected bool"),
+    # settings that would fail inside the trainer or be ignored
+    Case(
+        "one weight per reward function",
+        train("reward_weights=[1,2]"),
+        "config key 'reward_weights': [1, 2] has 2 weights, but a run has one reward function",
+    ),
+    Case(
+        "generation_kwargs that is not a mapping",
+        train("generation_kwargs=notjson"),
+        "config key 'generation_kwargs': 'notjson' is not a mapping nor a JSON object",
+    ),
+    Case(
+        "chat_template_kwargs that is not a mapping",
+        train("chat_template_kwargs=notjson"),
+        "config key 'chat_template_kwargs': 'notjson' is not a mapping nor a JSON object",
+    ),
+    Case(
+        "TRL's evaluation loop", train("eval_strategy=steps"), "config key 'eval_strategy': 'steps' is not supported"
+    ),
+    Case(
+        "a logger that is not installed", train("report_to=wandb"), "config key 'report_to': 'wandb' is not installed"
+    ),
+    Case("vLLM without vLLM", train("use_vllm=true"), "config key 'use_vllm': vLLM is not installed"),
+    Case(
+        "the Trainer's own resume key",
+        train("resume_from_checkpoint=r/checkpoint-1"),
+        "config key 'resume_from_checkpoint' is not read: pass --resume",
+    ),
+    Case(
+        "eval_task_options without eval_task",
+        train("eval_task_options={digits: 3}"),
+        "config key 'eval_task_options' is set without eval_task",
+    ),
+    Case("empty output_dir", ["train", "output_dir="], "config key 'output_dir' is empty"),
     # files and paths
     Case(
         "malformed YAML file",

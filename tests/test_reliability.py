@@ -146,6 +146,49 @@ def test_yaml_floats_in_every_spelling(text, tmp_path):
     assert yaml.safe_load("x: 1e-5") == {"x": "1e-5"}  # PyYAML's own loader is left as it is
 
 
+@pytest.mark.parametrize(
+    "text, value",
+    [("010", 10), ("1:30", "1:30"), ("off", "off"), ("no", "no"), ("y", "y"), ("{digits: true}", {"digits": True})]
+    + [("2024-01-01", "2024-01-01"), ("0o17", 15), ("0x1F", 31), ("1e-5", 1e-5), ("1_000", 1000), ("~", None)],
+)
+def test_yaml_values_are_read_as_written(text, value, tmp_path):
+    # YAML 1.2 core schema; YAML 1.1 gives 8, 90, False, False, True, {digits: 1}, a date, '0o17', ...
+    assert cfglib.parse_overrides([f"k={text}"]) == {"k": value}
+    assert cfglib.yaml_load(f"k: {text}\n", "t") == {"k": value}
+    # and what apo writes (config.yaml, apo config) reads back the same, with YAML 1.1 readers too
+    import yaml
+
+    text_out = cfglib.yaml_dump({"k": value, "s": text})
+    assert cfglib.yaml_load(text_out, "t") == {"k": value, "s": text}
+    assert yaml.safe_load(text_out)["s"] == text
+
+
+@pytest.mark.parametrize("flag", [[], ["--all"]])
+def test_apo_config_output_reads_back_to_the_same_config(flag, tmp_path, capsys):
+    assert main(["config", "alpha_schedule=fixed", "alpha=0.25", *flag]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    again = cfglib.to_dict(cfglib.resolve(tmp_path / "c.yaml"))
+    assert again == cfglib.to_dict(cfglib.resolve(None, {"alpha_schedule": "fixed", "alpha": 0.25}))
+    assert main(["config", str(tmp_path / "c.yaml")]) == 0  # `apo train c.yaml` resolves the same way
+
+
+def test_a_config_from_scratch_runs_on_a_cpu_only_machine(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(cfglib, "accelerator_available", lambda: False)
+    monkeypatch.setattr(cfglib, "_SAID", set())
+    (tmp_path / "scratch.yaml").write_text("max_steps: 1\n")
+    with caplog.at_level("INFO", logger="apo"):
+        values = cfglib.resolve_values(tmp_path / "scratch.yaml")
+        cfglib.resolve_values(tmp_path / "scratch.yaml")
+    assert values["use_cpu"] is True and values["bf16"] is False
+    cfg = cfglib.build(values)  # TRL would refuse bf16 on this machine
+    assert cfg.use_cpu and not cfg.bf16
+    assert [r.getMessage() for r in caplog.records] == [cfglib.CPU_FALLBACK]  # one line, once
+    (tmp_path / "gpu.yaml").write_text("max_steps: 1\nbf16: true\n")
+    assert "use_cpu" not in cfglib.resolve_values(tmp_path / "gpu.yaml")  # the user's choice stays
+    monkeypatch.setattr(cfglib, "accelerator_available", lambda: True)
+    assert "use_cpu" not in cfglib.resolve_values(tmp_path / "scratch.yaml")
+
+
 def test_validation_costs_well_under_50_ms():
     values = cfglib.to_dict(cfglib.resolve(None))  # every key of the run config
     t0 = time.perf_counter()

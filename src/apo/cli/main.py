@@ -79,24 +79,11 @@ def cmd_config(args) -> int:
     unchecked = [k for k in ("bf16", "fp16") if values.get(k) and not torch.cuda.is_available()]
     # TrainingArguments refuses bf16/fp16 without a GPU; print a GPU config here all the same, saying so.
     cfg = cfglib.build({**values, **dict.fromkeys(unchecked, False)})
-    if args.all:
-        for k in unchecked:
-            setattr(cfg, k, True)
-        text = cfglib.describe(cfg)
-    else:
-        text = yaml_set(cfglib.dump(cfg), dict.fromkeys(unchecked, True)) if unchecked else cfglib.dump(cfg)
+    text = cfglib.describe(cfg, values) if args.all else cfglib.dump(cfg, values)
     if unchecked:
         text = f"# {', '.join(unchecked)}: not checked (no GPU on this machine)\n" + text
     print(text, end="")
     return 0
-
-
-def yaml_set(text: str, updates: dict) -> str:
-    import yaml
-
-    data = yaml.safe_load(text)
-    data.update(updates)
-    return yaml.safe_dump(data, sort_keys=True)
 
 
 def _seed(text: str) -> int:

@@ -157,9 +157,9 @@ def run_label(run_dir: Path) -> str:
         return m.group(1)
     cfg = {}
     if (run_dir / "config.yaml").is_file():
-        import yaml
+        from apo.cli.config import yaml_load
 
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        cfg = yaml_load((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml")) or {}
     alg = cfg.get("algorithm", "apo")
     return f"apo-{cfg.get('alpha_schedule', 'fixed')}" if alg == "apo" else alg
 
@@ -437,9 +437,12 @@ def swept_keys(labels: list[str]) -> list[str]:
 
 
 def _as_number(text: str) -> float:
-    import yaml
+    from apo.cli.config import ConfigError, yaml_load
 
-    value = yaml.safe_load(text)
+    try:
+        value = yaml_load(text, "a swept value")
+    except ConfigError:
+        return math.nan
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 

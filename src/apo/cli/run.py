@@ -41,8 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apo.cli import config as cfglib
 from apo.cli.process import RunStopped, StopSignals
 
@@ -598,7 +596,7 @@ def _start_run_dir(run_dir: Path, values: dict[str, Any]) -> list[Path]:
     """Create ``run_dir`` (if needed) and write ``config.yaml``; returns what was created, for :func:`_undo_start`."""
     created = [] if run_dir.exists() else [run_dir]
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=True))
+    _write_text(run_dir / "config.yaml", cfglib.yaml_dump(values))
     return [run_dir / "config.yaml", run_dir / "eval_before.json", *created]
 
 
