@@ -184,6 +184,26 @@ CASES: list[Case] = [
         ["compare", "--seeds", "0,0", "--out", "r"],
         "--seeds lists 0 more than once",
     ),
+    Case(
+        "apo compare with seed= (set per run by --seeds)",
+        ["compare", "seed=3", "--seeds", "0", "--out", "r"],
+        "apo compare sets seed of every run (--seeds)",
+    ),
+    Case(
+        "apo compare with output_dir= (set per run under --out)",
+        ["compare", "output_dir=x", "--seeds", "0", "--out", "r"],
+        "apo compare sets output_dir of every run (--out)",
+    ),
+    Case(
+        "apo compare sweeping the seed",
+        ["compare", "--sweep", "seed=1,2", "--seeds", "0", "--out", "r"],
+        "--sweep seed: apo compare sets seed of every run; use --seeds instead",
+    ),
+    Case(
+        "apo compare --devices on a CPU config",
+        ["compare", "--devices", "0,1", "--seeds", "0", "--out", "r"],
+        "--devices 0,1 with a CPU config (use_cpu: true)",
+    ),
     # off-policy settings (apo.integrations.trl.config, apo.cli.presets)
     Case(
         "updates per rollout that split a group",

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 
 from apo.cli import plots
-from apo.cli.compare import plan_workers, visible_gpus
+from apo.cli.compare import plan_workers, run_name, visible_gpus
 from apo.cli.config import build, resolve_values
 from apo.cli.main import main
+from apo.cli.plots import run_label
 from apo.cli.presets import PRESETS, preset
 
 
@@ -213,6 +215,17 @@ def test_overrides_may_follow_options_but_the_config_comes_first(capsys):
     assert "smollm2-arith: CONFIG (a file or a bundled config name) comes first" in capsys.readouterr().err
 
 
+def test_run_names_are_distinct_single_folders_for_any_value():
+    values = ["data/a/train.jsonl", "data/b/train.jsonl", "data_a_train.jsonl", "a b", "x%2Fy", "..", "v" * 400]
+    names = [run_name(f"grpo@task={v}", 0) for v in values] + [run_name(f"grpo@task={values[-1]}x", 0)]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert "/" not in name and len(name) <= 200 and name.endswith("-seed0") and not name.startswith(".")
+    for v, name in zip(values[:-1], names, strict=False):
+        assert run_label(Path(name)) == f"grpo@task={v}"  # the table and figures show the value as written
+    assert run_name("apo-fixed@alpha=0.35", 2) == "apo-fixed@alpha=0.35-seed2"  # plain names unchanged
+
+
 def test_worker_slots():
     cpu = []
     assert plan_workers(None, None, cpu) == [None]
@@ -249,18 +262,16 @@ def test_runs_in_their_own_processes_match_runs_in_one(tmp_path):
     overrides = ["max_steps=2", "eval_size=16", "eval_samples=2", "save_strategy=no", "train_size=64"]
     common = [*overrides, "--algorithms", "apo-fixed@alpha=0.35,grpo", "--seeds", "0"]
     assert main(["compare", *common, "--out", str(tmp_path / "one")]) == 0
-    # CPU config: the device only sets CUDA_VISIBLE_DEVICES of each run's process
-    assert main(["compare", *common, "--jobs", "2", "--devices", "3,7", "--out", str(tmp_path / "two")]) == 0
+    # CPU config: two processes share the CPU (--devices is refused there: the runs would not use them)
+    assert main(["compare", *common, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     log = json.loads((tmp_path / "two" / "compare.json").read_text())
     assert log["workers"] == 2
     assert {r["run"]: (r["status"], r["device"]) for r in log["runs"]} == {
-        "apo-fixed@alpha=0.35-seed0": ("trained", "3"),
-        "grpo-seed0": ("trained", "7"),
+        "apo-fixed@alpha=0.35-seed0": ("trained", None),
+        "grpo-seed0": ("trained", None),
     }
     for run in ("apo-fixed@alpha=0.35-seed0", "grpo-seed0"):
-        text = (tmp_path / "two" / f"{run}.log").read_text()
-        device = "3" if run.startswith("apo") else "7"
-        assert f"CUDA_VISIBLE_DEVICES={device}\n" in text
+        assert (tmp_path / "two" / f"{run}.log").read_text()
         rows = _training_rows(tmp_path / "two" / run)
         assert len(rows) == 2 and rows == _training_rows(tmp_path / "one" / run)
         for name in ("eval_before.json", "eval_after.json"):

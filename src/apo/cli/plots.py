@@ -150,11 +150,13 @@ def _is_run(p: Path) -> bool:
 
 def run_label(run_dir: Path) -> str:
     """The group of a run: its directory name without ``-seed<k>`` (``apo-ess-seed2`` -> ``apo-ess``, as
-    ``apo compare`` names them); for another name, derived from its ``config.yaml``: ``apo-<alpha_schedule>`` for
-    APO, else the algorithm."""
+    ``apo compare`` names them; ``grpo@task=a%2Fb.jsonl-seed0`` -> ``grpo@task=a/b.jsonl``); for another name,
+    derived from its ``config.yaml``: ``apo-<alpha_schedule>`` for APO, else the algorithm."""
     m = re.fullmatch(r"(.+)-seed\d+", run_dir.name)
     if m:
-        return m.group(1)
+        from urllib.parse import unquote
+
+        return unquote(m.group(1))  # apo.cli.compare.run_name percent-encodes what a folder name cannot hold
     cfg = {}
     if (run_dir / "config.yaml").is_file():
         from apo.cli.config import yaml_load
