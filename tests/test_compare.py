@@ -104,6 +104,34 @@ def test_table_of_synthetic_runs(tmp_path):
     assert "| 3 (1 of 3) |" in md
 
 
+def test_plot_counts_each_run_once_and_reads_a_torn_last_line(tmp_path, monkeypatch, capsys):
+    for cmp in ("cmp1", "cmp2"):
+        for seed in (0, 1):
+            _fake_run(tmp_path / cmp, f"grpo-seed{seed}", [0.1, 0.2], [1.0, 1.0], 0.3, 0.4, 1.0)
+    monkeypatch.chdir(tmp_path)
+    # one run named twice, with a trailing slash and ./: still two seeds
+    runs = plots.find_runs(["cmp1", "cmp1/grpo-seed0", "./cmp1/", "cmp1/grpo-seed1/"])
+    assert [r.name for r in runs] == ["grpo-seed0", "grpo-seed1"]
+    assert list(plots.group_runs(runs)) == ["grpo"]
+    # same-named runs of two comparisons: two groups of two seeds, not one group of four
+    groups = plots.group_runs(plots.find_runs(["cmp1", "cmp2"]))
+    assert {k: [r.parent.name for r in v] for k, v in groups.items()} == {
+        "cmp1/grpo": ["cmp1", "cmp1"],
+        "cmp2/grpo": ["cmp2", "cmp2"],
+    }
+    # a kill while a line was written: the torn last line is left out, as --resume does
+    with open(tmp_path / "cmp1" / "grpo-seed0" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "rew')
+    assert [r["step"] for r in plots.read_metrics(tmp_path / "cmp1" / "grpo-seed0")] == [1, 2]
+    assert main(["plot", "cmp1", "--out", "fig"]) == 0
+    assert "| grpo | 2 |" in (tmp_path / "fig" / "table.md").read_text()
+    # a damaged line before the last is one line naming the file and line
+    (tmp_path / "cmp1" / "grpo-seed1" / "metrics.jsonl").write_text('{"step": 1}\nxx\n{"step": 2}\n')
+    assert main(["plot", "cmp1", "--out", "fig"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "grpo-seed1/metrics.jsonl, line 2: not a metrics row" in err
+
+
 def _recomputed(run_dir, window, threshold):
     """The table's per-run numbers recomputed from the run's files, independently of apo.cli.plots."""
     rows = {}

@@ -123,7 +123,9 @@ def cmd_plot(args) -> int:
             raise ConfigError(f"apo plot: {p!r} does not exist; pass run directories or the folder that holds them")
     try:
         out = plot_comparison([Path(p) for p in args.run_dirs], out_dir=args.out)
-    except FileNotFoundError as e:
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError) as e:  # no run there; a damaged metrics.jsonl (apo.cli.plots.read_metrics)
         raise ConfigError(f"apo plot: {e}") from None
     print(f"figures and table written to {out}")
     return 0
