@@ -87,6 +87,57 @@ def test_a_corrected_rerun_after_a_failed_start_runs(tmp_path, monkeypatch):
     assert _steps(Path("r")) == [1]
 
 
+def test_a_start_that_fails_at_the_optimizer_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("r").mkdir()
+    Path("r/notes.txt").write_text("n")  # a folder that is not a run: written into only with --into-existing
+    before = _tree(tmp_path)
+    bad = ["lr_scheduler_type=cosine", "lr_scheduler_kwargs={nonsense: 1}"]  # refused when the scheduler is made
+    assert main(["train", "output_dir=r", "max_steps=1", *FAST, *bad, "--into-existing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training could not start: TypeError: " in err[0] and "'nonsense'" in err[0]
+    assert _tree(tmp_path) == before  # no config.yaml left to refuse the corrected command
+    assert main(["train", "output_dir=r", "max_steps=1", *FAST, "--into-existing"]) == 0
+    assert _steps(Path("r")) == [1] and Path("r/notes.txt").read_text() == "n"
+
+
+def test_eval_of_a_runs_policy_uses_the_runs_config(tmp_path, monkeypatch, capsys, caplog):
+    import apo.cli.run as runlib
+
+    monkeypatch.chdir(tmp_path)
+    Path("run/final").mkdir(parents=True)
+    Path("run/config.yaml").write_text("task: arith:-\nmax_completion_length: 3\noutput_dir: run\n")
+    seen = {}
+
+    def load_inputs(cfg, split):
+        seen.update(task=cfg.task, length=cfg.max_completion_length, model=cfg.model)
+        raise cfglib.ConfigError("stop here")
+
+    monkeypatch.setattr(runlib, "load_inputs", load_inputs)
+    with caplog.at_level("INFO", logger="apo"):
+        assert main(["eval", "--policy", "run/final"]) == 2
+    assert seen == {"task": "arith:-", "length": 3, "model": "run/final"}
+    assert any("with its run's saved config run/config.yaml" in r.getMessage() for r in caplog.records)
+    assert main(["eval", "--policy", "run/final", "max_completion_length=5"]) == 2  # overrides still apply
+    assert seen["length"] == 5 and seen["task"] == "arith:-"
+    assert main(["eval", "default", "--policy", "run/final"]) == 2  # a CONFIG given: that one
+    assert seen["task"] == "arith" and seen["model"] == "run/final"
+
+
+def test_a_location_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    import apo.cli.compare as comparelib
+
+    def plot_comparison(*a, **k):
+        raise PermissionError(13, "Permission denied", "figs/table.json")
+
+    monkeypatch.setattr(comparelib, "plot_comparison", plot_comparison)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    assert main(["plot", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["apo: error: could not write 'figs/table.json': Permission denied"]
+
+
 # --- ranges ---------------------------------------------------------------------------------------------------------
 
 

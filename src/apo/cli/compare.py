@@ -33,7 +33,7 @@ from typing import Any
 from apo.cli import config as cfglib
 from apo.cli.presets import preset, split_variant
 from apo.cli.process import RunStopped, StopSignals, children_die_with_this_process, die_with_parent, setup
-from apo.cli.run import saved_config_diff
+from apo.cli.run import refuse_foreign, saved_config_diff
 
 logger = logging.getLogger("apo")
 
@@ -123,6 +123,7 @@ def compare(
     jobs: int | None = None,
     devices: list[str] | None = None,
     command: list[str] | None = None,
+    into_existing: bool = False,
 ) -> Path:
     """Train every preset in ``algorithms`` with every seed in ``seeds``, then draw the comparison
     (:func:`plot_comparison`); returns the comparison folder.
@@ -153,7 +154,8 @@ def compare(
 
     Raises:
         ConfigError: an unknown preset (listing the valid ones), a malformed variant, an invalid override or
-            ``jobs`` / ``devices`` (``devices`` with a CPU config), ``seed`` or ``output_dir`` set by an override or a
+            ``jobs`` / ``devices`` (``devices`` with a CPU config), ``out`` an existing folder with other files that
+            is not a comparison (without ``into_existing``), ``seed`` or ``output_dir`` set by an override or a
             variant (``--seeds`` and ``--out`` set them), a repeated algorithm or seed, or a run directory
             (finished or not) whose saved config differs from the one requested.
         CompareError: a run failed in its own process.
@@ -197,6 +199,10 @@ def compare(
                         "settings, or pass --out <new folder>"
                     )
             plan.append((run_dir, values))
+    # a comparison folder (compare.json, or a run or run spec of this plan) is rerun as it is: finished runs skipped
+    started = any((d / "config.yaml").exists() or (out / f".{d.name}.json").exists() for d, _ in plan)
+    if not into_existing and not started and not (out / "compare.json").exists():
+        refuse_foreign(out, "--out", "comparison")
     on_gpu = not plan[0][1].get("use_cpu", False)
     if devices and not on_gpu:
         raise cfglib.ConfigError(

@@ -321,12 +321,47 @@ def check_paths(values: dict[str, Any]) -> None:
         raise ConfigError("config key 'output_dir' is empty; set output_dir=<a folder>")
     if not isinstance(out, str):
         return
-    for p in (Path(out), *Path(out).parents):
+    check_folder(out, "config key 'output_dir':", "set output_dir=<a folder>")
+
+
+def check_folder(path: str | Path, where: str, fix: str) -> None:
+    """``path`` can hold the files of a run or a comparison: it is a folder, or it does not exist yet and its nearest
+    existing parent is a folder; either one writable. ``where`` and ``fix`` begin and end the message.
+
+    Raises:
+        ConfigError: ``config key 'output_dir': 'r.txt' is a file; set output_dir=<a folder>``.
+    """
+    import os
+
+    for p in (Path(path), *Path(path).parents):
         if p.exists():
             if not p.is_dir():
-                what = "is a file" if p == Path(out) else f"is inside {str(p)!r}, which is a file"
-                raise ConfigError(f"config key 'output_dir': {out!r} {what}; set output_dir=<a folder>")
+                what = "is a file" if p == Path(path) else f"is inside {str(p)!r}, which is a file"
+                raise ConfigError(f"{where} {str(path)!r} {what}; {fix}")
+            if not os.access(p, os.W_OK | os.X_OK):
+                what = "is not writable" if p == Path(path) else f"is inside {str(p)!r}, which is not writable"
+                raise ConfigError(f"{where} {str(path)!r} {what}; {fix}")
             break
+
+
+def check_output_file(path: str | Path, where: str) -> None:
+    """``path`` can be written as a file: not a folder, in an existing, writable folder (checked before the work
+    whose result it will hold).
+
+    Raises:
+        ConfigError: ``--out 'x/r.json': the folder 'x' does not exist; create it or pass another path``.
+    """
+    import os
+
+    p = Path(path)
+    parent = p.parent
+    if p.is_dir():
+        raise ConfigError(f"{where} {str(path)!r} is a folder; pass a file path (e.g. {str(p / 'eval.json')!r})")
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is a file"
+        raise ConfigError(f"{where} {str(path)!r}: the folder {str(parent)!r} {what}; create it or pass another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{where} {str(path)!r} is not writable; pass another path")
 
 
 REPORTING_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml"}
