@@ -82,6 +82,44 @@ CASES: list[Case] = [
     Case("unknown algorithm", train("algorithm=ppo"), "unknown algorithm 'ppo'"),
     Case("override without =", ["train", "output_dir=r", "=5"], "override '=5' is not key=value"),
     Case("malformed override value", train("alpha=[0.5"), "override 'alpha=[0.5', line 1, column 5: malformed YAML"),
+    Case("infinite value", train("learning_rate=.inf"), "config key 'learning_rate': inf is not a finite number"),
+    # YAML values as written (the 1.2 core schema): no base 60, no octal, `off`/`no` are words
+    Case("a time-like value", train("max_steps=1:30"), "config key 'max_steps': expected int, got str '1:30'"),
+    Case("a yes/no word where a boolean is needed", train("use_cpu=yes"), "config key 'use_cpu': expected bool"),
+    # settings that would fail inside the trainer or be ignored
+    Case(
+        "one weight per reward function",
+        train("reward_weights=[1,2]"),
+        "config key 'reward_weights': [1, 2] has 2 weights, but a run has one reward function",
+    ),
+    Case(
+        "generation_kwargs that is not a mapping",
+        train("generation_kwargs=notjson"),
+        "config key 'generation_kwargs': 'notjson' is not a mapping nor a JSON object",
+    ),
+    Case(
+        "chat_template_kwargs that is not a mapping",
+        train("chat_template_kwargs=notjson"),
+        "config key 'chat_template_kwargs': 'notjson' is not a mapping nor a JSON object",
+    ),
+    Case(
+        "TRL's evaluation loop", train("eval_strategy=steps"), "config key 'eval_strategy': 'steps' is not supported"
+    ),
+    Case(
+        "a logger that is not installed", train("report_to=wandb"), "config key 'report_to': 'wandb' is not installed"
+    ),
+    Case("vLLM without vLLM", train("use_vllm=true"), "config key 'use_vllm': vLLM is not installed"),
+    Case(
+        "the Trainer's own resume key",
+        train("resume_from_checkpoint=r/checkpoint-1"),
+        "config key 'resume_from_checkpoint' is not read: pass --resume",
+    ),
+    Case(
+        "eval_task_options without eval_task",
+        train("eval_task_options={digits: 3}"),
+        "config key 'eval_task_options' is set without eval_task",
+    ),
+    Case("empty output_dir", ["train", "output_dir="], "config key 'output_dir' is empty"),
     # files and paths
     Case(
         "malformed YAML file",
@@ -107,6 +145,34 @@ CASES: list[Case] = [
         train("max_steps=1"),
         "output_dir 'r' already holds a run: pass --resume, or set output_dir=<new folder>",
         files={"r/metrics.jsonl": ""},
+    ),
+    Case(
+        "output_dir a folder that holds no run",
+        train("max_steps=1"),
+        "output_dir 'r' is a folder that holds no run (final, notes.txt): set output_dir=<new folder>, or pass "
+        "--into-existing",
+        files={"r/final/keep.txt": "x", "r/notes.txt": "x"},
+    ),
+    Case(
+        "apo compare --out a folder that holds no comparison",
+        ["compare", "--seeds", "0", "--out", "proj"],
+        "--out 'proj' is a folder that holds no comparison (notes.txt): pass --out <new folder>, or pass "
+        "--into-existing",
+        files={"proj/notes.txt": "x"},
+    ),
+    Case(
+        "apo eval --out in a missing folder",
+        ["eval", "--out", "missing/r.json"],
+        "--out 'missing/r.json': the folder 'missing' does not exist",
+    ),
+    Case(
+        "apo eval --out a folder", ["eval", "--out", "d"], "--out 'd' is a folder; pass a file path", files={"d/x": ""}
+    ),
+    Case(
+        "apo compare --out inside a file",
+        ["compare", "--seeds", "0", "--out", "f.txt/cmp"],
+        "--out 'f.txt/cmp' is inside 'f.txt', which is a file",
+        files={"f.txt": "x"},
     ),
     Case("--resume without a run", [*train(), "--resume"], "--resume: no run to resume in r (no config.yaml)"),
     # inputs: a start that fails leaves nothing behind
@@ -145,6 +211,26 @@ CASES: list[Case] = [
         "apo compare with a repeated seed",
         ["compare", "--seeds", "0,0", "--out", "r"],
         "--seeds lists 0 more than once",
+    ),
+    Case(
+        "apo compare with seed= (set per run by --seeds)",
+        ["compare", "seed=3", "--seeds", "0", "--out", "r"],
+        "apo compare sets seed of every run (--seeds)",
+    ),
+    Case(
+        "apo compare with output_dir= (set per run under --out)",
+        ["compare", "output_dir=x", "--seeds", "0", "--out", "r"],
+        "apo compare sets output_dir of every run (--out)",
+    ),
+    Case(
+        "apo compare sweeping the seed",
+        ["compare", "--sweep", "seed=1,2", "--seeds", "0", "--out", "r"],
+        "--sweep seed: apo compare sets seed of every run; use --seeds instead",
+    ),
+    Case(
+        "apo compare --devices on a CPU config",
+        ["compare", "--devices", "0,1", "--seeds", "0", "--out", "r"],
+        "--devices 0,1 with a CPU config (use_cpu: true)",
     ),
     # off-policy settings (apo.integrations.trl.config, apo.cli.presets)
     Case(
@@ -289,7 +375,8 @@ def render(messages: list[str | None]) -> str:
         "Generated by `scripts/reliability_table.py` from `tests/reliability_cases.py`; `tests/test_reliability.py`",
         "checks that every row holds and that this file is current. Do not edit by hand.",
         "",
-        "Exit status: 0 done; 1 a run of `apo compare` failed; 2 a mistake in the config or inputs; 130 / 143",
+        "Exit status: 0 done; 1 a run of `apo compare` failed, or a file could not be written; 2 a mistake in the",
+        "config or inputs; 130 / 143",
         "stopped by SIGINT / SIGTERM (a checkpoint is saved at the step boundary; the line gives the command that",
         "resumes).",
         "",

@@ -87,8 +87,10 @@ def test_yaml_no_is_the_string_for_string_settings(capsys):
     assert main(["config", "save_strategy=no", "eval_strategy=no"]) == 0
     out = capsys.readouterr().out
     assert "save_strategy: 'no'" in out or "save_strategy: no" in out
-    assert main(["config", "use_cpu=yes"]) == 0  # a real boolean stays one
+    assert main(["config", "use_cpu=true"]) == 0  # a real boolean stays one
     assert "use_cpu: true" in capsys.readouterr().out
+    assert main(["config", "use_cpu=yes"]) == 2  # YAML 1.2: `yes` is a string, not a boolean
+    assert "config key 'use_cpu': expected bool, got str 'yes'" in capsys.readouterr().err
 
 
 def test_config_prints_resolved_values_and_bundled_configs(capsys):

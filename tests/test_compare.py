@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
 
 from apo.cli import plots
-from apo.cli.compare import plan_workers, visible_gpus
+from apo.cli.compare import plan_workers, run_name, visible_gpus
 from apo.cli.config import build, resolve_values
 from apo.cli.main import main
+from apo.cli.plots import run_label
 from apo.cli.presets import PRESETS, preset
 
 
@@ -100,6 +102,34 @@ def test_table_of_synthetic_runs(tmp_path):
     md = (tmp_path / "out" / "table.md").read_text()
     assert "| gspo | 3 | 0.300 ± 0.000 | 0.600 ± 0.497 |" in md
     assert "| 3 (1 of 3) |" in md
+
+
+def test_plot_counts_each_run_once_and_reads_a_torn_last_line(tmp_path, monkeypatch, capsys):
+    for cmp in ("cmp1", "cmp2"):
+        for seed in (0, 1):
+            _fake_run(tmp_path / cmp, f"grpo-seed{seed}", [0.1, 0.2], [1.0, 1.0], 0.3, 0.4, 1.0)
+    monkeypatch.chdir(tmp_path)
+    # one run named twice, with a trailing slash and ./: still two seeds
+    runs = plots.find_runs(["cmp1", "cmp1/grpo-seed0", "./cmp1/", "cmp1/grpo-seed1/"])
+    assert [r.name for r in runs] == ["grpo-seed0", "grpo-seed1"]
+    assert list(plots.group_runs(runs)) == ["grpo"]
+    # same-named runs of two comparisons: two groups of two seeds, not one group of four
+    groups = plots.group_runs(plots.find_runs(["cmp1", "cmp2"]))
+    assert {k: [r.parent.name for r in v] for k, v in groups.items()} == {
+        "cmp1/grpo": ["cmp1", "cmp1"],
+        "cmp2/grpo": ["cmp2", "cmp2"],
+    }
+    # a kill while a line was written: the torn last line is left out, as --resume does
+    with open(tmp_path / "cmp1" / "grpo-seed0" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "rew')
+    assert [r["step"] for r in plots.read_metrics(tmp_path / "cmp1" / "grpo-seed0")] == [1, 2]
+    assert main(["plot", "cmp1", "--out", "fig"]) == 0
+    assert "| grpo | 2 |" in (tmp_path / "fig" / "table.md").read_text()
+    # a damaged line before the last is one line naming the file and line
+    (tmp_path / "cmp1" / "grpo-seed1" / "metrics.jsonl").write_text('{"step": 1}\nxx\n{"step": 2}\n')
+    assert main(["plot", "cmp1", "--out", "fig"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "grpo-seed1/metrics.jsonl, line 2: not a metrics row" in err
 
 
 def _recomputed(run_dir, window, threshold):
@@ -213,6 +243,17 @@ def test_overrides_may_follow_options_but_the_config_comes_first(capsys):
     assert "smollm2-arith: CONFIG (a file or a bundled config name) comes first" in capsys.readouterr().err
 
 
+def test_run_names_are_distinct_single_folders_for_any_value():
+    values = ["data/a/train.jsonl", "data/b/train.jsonl", "data_a_train.jsonl", "a b", "x%2Fy", "..", "v" * 400]
+    names = [run_name(f"grpo@task={v}", 0) for v in values] + [run_name(f"grpo@task={values[-1]}x", 0)]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert "/" not in name and len(name) <= 200 and name.endswith("-seed0") and not name.startswith(".")
+    for v, name in zip(values[:-1], names, strict=False):
+        assert run_label(Path(name)) == f"grpo@task={v}"  # the table and figures show the value as written
+    assert run_name("apo-fixed@alpha=0.35", 2) == "apo-fixed@alpha=0.35-seed2"  # plain names unchanged
+
+
 def test_worker_slots():
     cpu = []
     assert plan_workers(None, None, cpu) == [None]
@@ -249,18 +290,16 @@ def test_runs_in_their_own_processes_match_runs_in_one(tmp_path):
     overrides = ["max_steps=2", "eval_size=16", "eval_samples=2", "save_strategy=no", "train_size=64"]
     common = [*overrides, "--algorithms", "apo-fixed@alpha=0.35,grpo", "--seeds", "0"]
     assert main(["compare", *common, "--out", str(tmp_path / "one")]) == 0
-    # CPU config: the device only sets CUDA_VISIBLE_DEVICES of each run's process
-    assert main(["compare", *common, "--jobs", "2", "--devices", "3,7", "--out", str(tmp_path / "two")]) == 0
+    # CPU config: two processes share the CPU (--devices is refused there: the runs would not use them)
+    assert main(["compare", *common, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     log = json.loads((tmp_path / "two" / "compare.json").read_text())
     assert log["workers"] == 2
     assert {r["run"]: (r["status"], r["device"]) for r in log["runs"]} == {
-        "apo-fixed@alpha=0.35-seed0": ("trained", "3"),
-        "grpo-seed0": ("trained", "7"),
+        "apo-fixed@alpha=0.35-seed0": ("trained", None),
+        "grpo-seed0": ("trained", None),
     }
     for run in ("apo-fixed@alpha=0.35-seed0", "grpo-seed0"):
-        text = (tmp_path / "two" / f"{run}.log").read_text()
-        device = "3" if run.startswith("apo") else "7"
-        assert f"CUDA_VISIBLE_DEVICES={device}\n" in text
+        assert (tmp_path / "two" / f"{run}.log").read_text()
         rows = _training_rows(tmp_path / "two" / run)
         assert len(rows) == 2 and rows == _training_rows(tmp_path / "one" / run)
         for name in ("eval_before.json", "eval_after.json"):

@@ -87,6 +87,57 @@ def test_a_corrected_rerun_after_a_failed_start_runs(tmp_path, monkeypatch):
     assert _steps(Path("r")) == [1]
 
 
+def test_a_start_that_fails_at_the_optimizer_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("r").mkdir()
+    Path("r/notes.txt").write_text("n")  # a folder that is not a run: written into only with --into-existing
+    before = _tree(tmp_path)
+    bad = ["lr_scheduler_type=cosine", "lr_scheduler_kwargs={nonsense: 1}"]  # refused when the scheduler is made
+    assert main(["train", "output_dir=r", "max_steps=1", *FAST, *bad, "--into-existing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training could not start: TypeError: " in err[0] and "'nonsense'" in err[0]
+    assert _tree(tmp_path) == before  # no config.yaml left to refuse the corrected command
+    assert main(["train", "output_dir=r", "max_steps=1", *FAST, "--into-existing"]) == 0
+    assert _steps(Path("r")) == [1] and Path("r/notes.txt").read_text() == "n"
+
+
+def test_eval_of_a_runs_policy_uses_the_runs_config(tmp_path, monkeypatch, capsys, caplog):
+    import apo.cli.run as runlib
+
+    monkeypatch.chdir(tmp_path)
+    Path("run/final").mkdir(parents=True)
+    Path("run/config.yaml").write_text("task: arith:-\nmax_completion_length: 3\noutput_dir: run\n")
+    seen = {}
+
+    def load_inputs(cfg, split):
+        seen.update(task=cfg.task, length=cfg.max_completion_length, model=cfg.model)
+        raise cfglib.ConfigError("stop here")
+
+    monkeypatch.setattr(runlib, "load_inputs", load_inputs)
+    with caplog.at_level("INFO", logger="apo"):
+        assert main(["eval", "--policy", "run/final"]) == 2
+    assert seen == {"task": "arith:-", "length": 3, "model": "run/final"}
+    assert any("with its run's saved config run/config.yaml" in r.getMessage() for r in caplog.records)
+    assert main(["eval", "--policy", "run/final", "max_completion_length=5"]) == 2  # overrides still apply
+    assert seen["length"] == 5 and seen["task"] == "arith:-"
+    assert main(["eval", "default", "--policy", "run/final"]) == 2  # a CONFIG given: that one
+    assert seen["task"] == "arith" and seen["model"] == "run/final"
+
+
+def test_a_location_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    import apo.cli.compare as comparelib
+
+    def plot_comparison(*a, **k):
+        raise PermissionError(13, "Permission denied", "figs/table.json")
+
+    monkeypatch.setattr(comparelib, "plot_comparison", plot_comparison)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    assert main(["plot", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["apo: error: could not write 'figs/table.json': Permission denied"]
+
+
 # --- ranges ---------------------------------------------------------------------------------------------------------
 
 
@@ -144,6 +195,49 @@ def test_yaml_floats_in_every_spelling(text, tmp_path):
     import yaml
 
     assert yaml.safe_load("x: 1e-5") == {"x": "1e-5"}  # PyYAML's own loader is left as it is
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("010", 10), ("1:30", "1:30"), ("off", "off"), ("no", "no"), ("y", "y"), ("{digits: true}", {"digits": True})]
+    + [("2024-01-01", "2024-01-01"), ("0o17", 15), ("0x1F", 31), ("1e-5", 1e-5), ("1_000", 1000), ("~", None)],
+)
+def test_yaml_values_are_read_as_written(text, value, tmp_path):
+    # YAML 1.2 core schema; YAML 1.1 gives 8, 90, False, False, True, {digits: 1}, a date, '0o17', ...
+    assert cfglib.parse_overrides([f"k={text}"]) == {"k": value}
+    assert cfglib.yaml_load(f"k: {text}\n", "t") == {"k": value}
+    # and what apo writes (config.yaml, apo config) reads back the same, with YAML 1.1 readers too
+    import yaml
+
+    text_out = cfglib.yaml_dump({"k": value, "s": text})
+    assert cfglib.yaml_load(text_out, "t") == {"k": value, "s": text}
+    assert yaml.safe_load(text_out)["s"] == text
+
+
+@pytest.mark.parametrize("flag", [[], ["--all"]])
+def test_apo_config_output_reads_back_to_the_same_config(flag, tmp_path, capsys):
+    assert main(["config", "alpha_schedule=fixed", "alpha=0.25", *flag]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    again = cfglib.to_dict(cfglib.resolve(tmp_path / "c.yaml"))
+    assert again == cfglib.to_dict(cfglib.resolve(None, {"alpha_schedule": "fixed", "alpha": 0.25}))
+    assert main(["config", str(tmp_path / "c.yaml")]) == 0  # `apo train c.yaml` resolves the same way
+
+
+def test_a_config_from_scratch_runs_on_a_cpu_only_machine(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(cfglib, "accelerator_available", lambda: False)
+    monkeypatch.setattr(cfglib, "_SAID", set())
+    (tmp_path / "scratch.yaml").write_text("max_steps: 1\n")
+    with caplog.at_level("INFO", logger="apo"):
+        values = cfglib.resolve_values(tmp_path / "scratch.yaml")
+        cfglib.resolve_values(tmp_path / "scratch.yaml")
+    assert values["use_cpu"] is True and values["bf16"] is False
+    cfg = cfglib.build(values)  # TRL would refuse bf16 on this machine
+    assert cfg.use_cpu and not cfg.bf16
+    assert [r.getMessage() for r in caplog.records] == [cfglib.CPU_FALLBACK]  # one line, once
+    (tmp_path / "gpu.yaml").write_text("max_steps: 1\nbf16: true\n")
+    assert "use_cpu" not in cfglib.resolve_values(tmp_path / "gpu.yaml")  # the user's choice stays
+    monkeypatch.setattr(cfglib, "accelerator_available", lambda: True)
+    assert "use_cpu" not in cfglib.resolve_values(tmp_path / "scratch.yaml")
 
 
 def test_validation_costs_well_under_50_ms():

@@ -32,14 +32,29 @@ from typing import Any
 from apo.cli import config as cfglib
 from apo.cli.presets import preset, split_variant
 from apo.cli.process import RunStopped, StopSignals, children_die_with_this_process, die_with_parent, setup
-from apo.cli.run import saved_config_diff
+from apo.cli.run import refuse_foreign, saved_config_diff
 
 logger = logging.getLogger("apo")
 
 
+RUN_NAME_MAX = 200
+"""Longest run directory name (file systems allow 255 bytes; ``.<name>.json`` and ``<name>.log`` sit beside it)."""
+
+
 def run_name(preset_name: str, seed: int) -> str:
-    """The run directory name of one (preset, seed): ``apo-ess-seed0``."""
-    return f"{preset_name}-seed{seed}"
+    """The run directory name of one (preset, seed): ``apo-ess-seed0``, ``apo-fixed@alpha=0.35-seed0``. Any other
+    character of a variant or sweep value is percent-encoded (``grpo@task=data%2Fa.jsonl-seed0`` for the value
+    ``data/a.jsonl``), so that distinct values give distinct names, each a single folder name
+    (:func:`apo.cli.plots.run_label` decodes it); a name longer than :data:`RUN_NAME_MAX` keeps its start and ends in
+    a hash of the whole."""
+    import hashlib
+    from urllib.parse import quote
+
+    name = f"{quote(preset_name, safe='@=,+')}-seed{seed}"
+    if len(name) > RUN_NAME_MAX:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = f"{name[: RUN_NAME_MAX - 30]}~{digest}-seed{seed}"
+    return name
 
 
 def default_out_dir(config_path: str | Path | None) -> Path:
@@ -107,6 +122,7 @@ def compare(
     jobs: int | None = None,
     devices: list[str] | None = None,
     command: list[str] | None = None,
+    into_existing: bool = False,
 ) -> Path:
     """Train every preset in ``algorithms`` with every seed in ``seeds``, then draw the comparison
     (:func:`plot_comparison`); returns the comparison folder.
@@ -137,8 +153,10 @@ def compare(
 
     Raises:
         ConfigError: an unknown preset (listing the valid ones), a malformed variant, an invalid override or
-            ``jobs`` / ``devices``, a repeated algorithm or seed, or a run directory (finished or not) whose saved
-            config differs from the one requested.
+            ``jobs`` / ``devices`` (``devices`` with a CPU config), ``out`` an existing folder with other files that
+            is not a comparison (without ``into_existing``), ``seed`` or ``output_dir`` set by an override or a
+            variant (``--seeds`` and ``--out`` set them), a repeated algorithm or seed, or a run directory
+            (finished or not) whose saved config differs from the one requested.
         CompareError: a run failed in its own process.
         RunStopped: stopped by SIGINT / SIGTERM.
     """
@@ -150,6 +168,14 @@ def compare(
             raise cfglib.ConfigError(f"{flag} lists {', '.join(repeated)} more than once")
     out = Path(out_dir) if out_dir else default_out_dir(config_path)
     user = cfglib.parse_overrides(list(overrides))
+    for key, flag in (("seed", "--seeds"), ("output_dir", "--out")):
+        set_by = ["the command line"] if key in user else []
+        set_by += [f"the variant {name!r}" for name in algorithms if key in split_variant(name)[1]]
+        if set_by:
+            raise cfglib.ConfigError(
+                f"apo compare sets {key} of every run ({flag}): {key} set by {set_by[0]} would be replaced; "
+                f"use {flag} instead"
+            )
     plan = []
     bases = {name: preset(name) for name in algorithms}  # every name checked before anything else
     for name in algorithms:
@@ -172,7 +198,16 @@ def compare(
                         "settings, or pass --out <new folder>"
                     )
             plan.append((run_dir, values))
+    # a comparison folder (compare.json, or a run or run spec of this plan) is rerun as it is: finished runs skipped
+    started = any((d / "config.yaml").exists() or (out / f".{d.name}.json").exists() for d, _ in plan)
+    if not into_existing and not started and not (out / "compare.json").exists():
+        refuse_foreign(out, "--out", "comparison")
     on_gpu = not plan[0][1].get("use_cpu", False)
+    if devices and not on_gpu:
+        raise cfglib.ConfigError(
+            f"--devices {','.join(devices)} with a CPU config (use_cpu: true): the runs would not use them; drop "
+            "--devices (--jobs N runs N at once on the CPU), or set use_cpu=false on a machine with GPUs"
+        )
     visible = visible_gpus() if on_gpu and not devices else []
     slots = plan_workers(jobs, devices, visible)
 

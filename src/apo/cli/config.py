@@ -7,9 +7,10 @@ given) < ``key=value`` overrides on the command line (values parsed as YAML: ``a
 Unknown keys, values of the wrong type and values out of their range (:data:`RANGES`) are errors that name the key,
 the value and what is allowed, raised when the config is resolved, before any model or data is loaded.
 
-YAML is read with :class:`YamlLoader`: YAML 1.1 (PyYAML's ``SafeLoader``) reads ``1e-5`` as a string, since its float
-rule needs a dot; here every spelling of a float (``1e-5``, ``1E-5``, ``.5``, ``-1e-3``, ``+1e5``) is a float, in
-config files and in ``key=value`` overrides alike.
+YAML is read with :class:`YamlLoader`, the YAML 1.2 core schema, in config files and in ``key=value`` overrides
+alike: values are taken as written. YAML 1.1 (PyYAML's ``SafeLoader``) would read ``1e-5`` as a string (its float
+rule needs a dot), ``010`` as 8 (octal), ``1:30`` as 90 (base 60), ``off``/``no`` as ``False``; here they are the
+float ``1e-05``, the int 10, and the strings ``'1:30'``, ``'off'``, ``'no'``.
 """
 
 from __future__ import annotations
@@ -36,16 +37,58 @@ class ConfigError(ValueError):
 
 
 class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-5``, ``1E-5``, ``+1e5``, ``-.5`` as floats (YAML 1.2's float rule)."""
+    """``yaml.SafeLoader`` with the YAML 1.2 core schema's implicit types in place of YAML 1.1's: a plain scalar is
+    ``null`` (``null``, ``Null``, ``NULL``, ``~``, empty), a boolean (``true``/``false`` in three casings only), an int
+    (``[-+]?[0-9]+`` in base 10, ``0o17``, ``0x1F``), a float (``1e-5``, ``.5``, ``-1.5E3``, ``.inf``, ``.nan``) or
+    a string; ``_`` may separate digits (``1_000``), as in YAML 1.1. So ``010`` is 10 (not octal 8), ``1:30`` and
+    ``2024-01-01`` are strings (not 90 and a date), and ``no``, ``off``, ``y`` are strings (not booleans)."""
 
 
-# A copy of SafeLoader's resolver table (add_implicit_resolver would append to lists shared with SafeLoader).
-YamlLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"),
-    list("-+0123456789."),
+_CORE_SCHEMA = (  # (tag, regex, first characters), in the order they are tried: an int before a float
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("int", r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    (
+        "float",
+        r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+0123456789."),
+    ),
 )
+# Keep SafeLoader's resolvers that are not scalar types (the merge key `<<`, ...); replace the YAML 1.1 types.
+YamlLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag.rsplit(":", 1)[1] not in ("bool", "null", "int", "float", "timestamp")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _rx, _first in _CORE_SCHEMA:
+    YamlLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_rx), _first)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 core int: base 10 (a leading zero is not octal), ``0o`` octal, ``0x`` hexadecimal."""
+    text = loader.construct_scalar(node).replace("_", "")
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text, 10)
+
+
+YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+class YamlDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes every string which YAML 1.1 *or* the 1.2 core schema would read as another
+    type (``'no'``, ``'1e-5'``, ``'0o17'``), so what it writes reads back the same with :class:`YamlLoader` and with
+    a YAML 1.1 reader."""
+
+
+YamlDumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
+for _tag, _rx, _first in _CORE_SCHEMA:
+    YamlDumper.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_rx), _first)
+
+
+def yaml_dump(data: Any) -> str:
+    """``data`` as block YAML, keys sorted, with :class:`YamlDumper` (reads back the same with :func:`yaml_load`)."""
+    return yaml.dump(data, Dumper=YamlDumper, sort_keys=True, allow_unicode=True)
 
 
 def yaml_load(text: str, source: str):
@@ -251,7 +294,7 @@ _RANGE_TESTS: dict[str, Any] = {}
 
 def check_ranges(values: dict[str, Any]) -> None:
     """Check every numeric value of ``values`` against :data:`RANGES` (``None``, strings and booleans are left to the
-    type check).
+    type check); ``inf`` and ``nan`` are outside every range.
 
     Raises:
         ConfigError: ``config key 'temperature': 0.0 is out of range (allowed: > 0)``.
@@ -260,26 +303,174 @@ def check_ranges(values: dict[str, Any]) -> None:
         spec = RANGES.get(key)
         if spec is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: {value!r} is not a finite number (allowed: {spec})")
         test = _RANGE_TESTS.get(spec) or _RANGE_TESTS.setdefault(spec, _range_test(spec))
         if not test(float(value)):
             raise ConfigError(f"config key {key!r}: {value!r} is out of range (allowed: {spec})")
 
 
 def check_paths(values: dict[str, Any]) -> None:
-    """``output_dir`` must be a folder or not exist yet (nor any of its parents be a file).
+    """``output_dir`` must be a folder or not exist yet (nor any of its parents be a file), and not be empty.
 
     Raises:
         ConfigError: ``config key 'output_dir': 'x' is a file, not a folder``.
     """
     out = values.get("output_dir")
-    if not isinstance(out, str) or not out:
+    if isinstance(out, str) and not out.strip():
+        raise ConfigError("config key 'output_dir' is empty; set output_dir=<a folder>")
+    if not isinstance(out, str):
         return
-    for p in (Path(out), *Path(out).parents):
+    check_folder(out, "config key 'output_dir':", "set output_dir=<a folder>")
+
+
+def check_folder(path: str | Path, where: str, fix: str) -> None:
+    """``path`` can hold the files of a run or a comparison: it is a folder, or it does not exist yet and its nearest
+    existing parent is a folder; either one writable. ``where`` and ``fix`` begin and end the message.
+
+    Raises:
+        ConfigError: ``config key 'output_dir': 'r.txt' is a file; set output_dir=<a folder>``.
+    """
+    import os
+
+    for p in (Path(path), *Path(path).parents):
         if p.exists():
             if not p.is_dir():
-                what = "is a file" if p == Path(out) else f"is inside {str(p)!r}, which is a file"
-                raise ConfigError(f"config key 'output_dir': {out!r} {what}; set output_dir=<a folder>")
+                what = "is a file" if p == Path(path) else f"is inside {str(p)!r}, which is a file"
+                raise ConfigError(f"{where} {str(path)!r} {what}; {fix}")
+            if not os.access(p, os.W_OK | os.X_OK):
+                what = "is not writable" if p == Path(path) else f"is inside {str(p)!r}, which is not writable"
+                raise ConfigError(f"{where} {str(path)!r} {what}; {fix}")
             break
+
+
+def check_output_file(path: str | Path, where: str) -> None:
+    """``path`` can be written as a file: not a folder, in an existing, writable folder (checked before the work
+    whose result it will hold).
+
+    Raises:
+        ConfigError: ``--out 'x/r.json': the folder 'x' does not exist; create it or pass another path``.
+    """
+    import os
+
+    p = Path(path)
+    parent = p.parent
+    if p.is_dir():
+        raise ConfigError(f"{where} {str(path)!r} is a folder; pass a file path (e.g. {str(p / 'eval.json')!r})")
+    if not parent.is_dir():
+        what = "does not exist" if not parent.exists() else "is a file"
+        raise ConfigError(f"{where} {str(path)!r}: the folder {str(parent)!r} {what}; create it or pass another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{where} {str(path)!r} is not writable; pass another path")
+
+
+REPORTING_MODULES = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow", "comet_ml": "comet_ml"}
+"""``report_to`` names whose logger is a package of another name than itself (others: the package of that name)."""
+
+
+def _json_mapping(key: str, value: Any) -> dict | None:
+    """``value`` of a ``dict | str`` key as a mapping (a string is JSON, as TRL reads it); ``None`` for ``None``."""
+    if value is None or isinstance(value, dict):
+        return value
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config key {key!r}: {value!r} is not a mapping nor a JSON object ({e.msg})") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"config key {key!r}: {value!r} is not a mapping nor a JSON object")
+    return parsed
+
+
+def check_settings(values: dict[str, Any]) -> None:
+    """Settings that would pass the type and range checks and then either fail deep inside the trainer (with a
+    traceback, after the model and data are loaded) or be ignored: each is refused here, in one line that names it.
+
+    - ``reward_weights``: one weight per reward function, and ``apo`` trains with one;
+    - ``chat_template_kwargs`` / ``generation_kwargs``: a mapping or a JSON object; ``generation_kwargs`` must make a
+      valid sampling ``GenerationConfig``;
+    - ``eval_strategy``: ``no`` (``apo`` evaluates with ``eval_before_after``; TRL's evaluation loop gets no data);
+    - ``report_to``: every logger named must be installed; ``use_vllm``: vLLM must be installed;
+    - ``resume_from_checkpoint``: ``apo train --resume`` resumes (the Trainer's own key is not read);
+    - ``eval_task_options``: only with ``eval_task`` (it is read for ``eval_task`` alone).
+
+    Raises:
+        ConfigError: naming the key and what to set instead.
+    """
+    import importlib.util
+
+    weights = values.get("reward_weights")
+    if weights is not None and len(weights) != 1:
+        raise ConfigError(
+            f"config key 'reward_weights': {weights!r} has {len(weights)} weights, but a run has one reward "
+            "function; set reward_weights=[1.0] or drop it"
+        )
+    _json_mapping("chat_template_kwargs", values.get("chat_template_kwargs"))
+    gen = _json_mapping("generation_kwargs", values.get("generation_kwargs"))
+    if gen:
+        from transformers import GenerationConfig
+
+        try:
+            GenerationConfig(**{"do_sample": True, **gen}).validate(strict=True)
+        except Exception as e:  # noqa: BLE001 - any refusal of the generation settings, said in one line
+            raise ConfigError(f"config key 'generation_kwargs': {gen!r}: {' '.join(str(e).split())}") from None
+    strategy = getattr(values.get("eval_strategy", "no"), "value", values.get("eval_strategy", "no"))
+    if strategy != "no":
+        raise ConfigError(
+            f"config key 'eval_strategy': {strategy!r} is not supported: apo evaluates the held-out reward before "
+            "and after training (eval_before_after, eval_size); set eval_strategy=no"
+        )
+    report_to = values.get("report_to")
+    for name in [report_to] if isinstance(report_to, str) else report_to or []:
+        if name not in ("none", "all") and importlib.util.find_spec(REPORTING_MODULES.get(name, name)) is None:
+            raise ConfigError(
+                f"config key 'report_to': {name!r} is not installed (pip install {name}); set report_to=none"
+            )
+    if values.get("use_vllm") and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("config key 'use_vllm': vLLM is not installed (pip install vllm); set use_vllm=false")
+    if values.get("resume_from_checkpoint") is not None:
+        raise ConfigError(
+            "config key 'resume_from_checkpoint' is not read: pass --resume to continue the run in output_dir from "
+            "its newest intact checkpoint, and drop resume_from_checkpoint"
+        )
+    if values.get("eval_task_options") and values.get("eval_task") is None:
+        raise ConfigError(
+            "config key 'eval_task_options' is set without eval_task (it is read only for eval_task): set eval_task, "
+            "or put the options in task_options"
+        )
+
+
+def accelerator_available() -> bool:
+    """Whether torch sees a GPU (CUDA or ROCm), an Apple MPS device or an Intel XPU."""
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return bool(
+        torch.cuda.is_available() or torch.backends.mps.is_available() or (xpu is not None and xpu.is_available())
+    )
+
+
+CPU_FALLBACK = (
+    "no GPU found and neither bf16 nor use_cpu is set: the run uses the CPU in fp32 (use_cpu: true, bf16: false)"
+)
+_SAID: set[str] = set()
+
+
+def cpu_fallback(values: dict[str, Any]) -> bool:
+    """A config written for any machine runs on a CPU-only one: when no accelerator is present
+    (:func:`accelerator_available`) and ``bf16``, ``fp16`` and ``use_cpu`` are all unset, set ``use_cpu: true`` and
+    ``bf16: false`` in ``values`` (TRL would default to bf16 and refuse the machine) and log :data:`CPU_FALLBACK`
+    once per process; returns whether it did. An explicit ``bf16: true`` is left as the user's choice."""
+    if any(k in values for k in ("bf16", "fp16", "use_cpu")) or accelerator_available():
+        return False
+    values["use_cpu"], values["bf16"] = True, False
+    if CPU_FALLBACK not in _SAID:
+        import logging
+
+        logging.getLogger("apo").info(CPU_FALLBACK)
+        _SAID.add(CPU_FALLBACK)
+    return True
 
 
 _RUN_CONFIG_CLASS = None
@@ -360,9 +551,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The validated input mapping for a config file (``None``: the embedded default) plus overrides.
 
+    On a machine without an accelerator, a config that sets none of ``bf16``, ``fp16``, ``use_cpu`` gets
+    ``use_cpu: true, bf16: false`` (:func:`cpu_fallback`, said in one log line).
+
     Raises:
         ConfigError: an unknown key (with the closest valid name), a value of the wrong type, or one out of its
-            range (:data:`RANGES`), or an ``output_dir`` that is a file.
+            range (:data:`RANGES`), an ``output_dir`` that is a file, or a setting :func:`check_settings` refuses.
     """
     cls = run_config_class()
     values = read_yaml(DEFAULT_CONFIG if path is None else path)
@@ -375,13 +569,15 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         tp = hints.get(key, fields[key].type)
         if isinstance(value, bool) and not _type_ok(value, tp) and _type_ok("no", tp):
-            # YAML 1.1 reads `no`/`yes` as booleans; `save_strategy: no` means the string here.
+            # `save_strategy: false` means the strategy "no" (YAML 1.1 files, read elsewhere, wrote `no` unquoted).
             value = values[key] = "yes" if value else "no"
         if not _type_ok(value, tp):
             raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     values.setdefault("output_dir", default_output_dir(values, None if path is None else Path(path).stem))
     check_ranges(values)
     check_paths(values)
+    check_settings(values)
+    cpu_fallback(values)
     return values
 
 
@@ -446,31 +642,63 @@ def strip_markup(text: str) -> str:
     return " ".join(text.split())
 
 
-def describe(cfg) -> str:
-    """Every init field of ``cfg`` as commented YAML, one line per key: ``key: value  # type, default D. help`` (the
-    output of ``apo config --all``; still a loadable config file)."""
+def _field_default(f) -> Any:
+    """A dataclass field's default as a YAML-safe value (an enum by its value; ``None`` without a default)."""
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = None
+    return default.value if isinstance(default, enum.Enum) else default
+
+
+def input_values(cfg, values: dict[str, Any], *, every_key: bool = False) -> dict[str, Any]:
+    """The config as a mapping that resolves to ``cfg`` again (what ``apo config`` prints): the keys set in
+    ``values`` (:func:`resolve_values`' result: the file, the overrides, the derived ``output_dir``) as they were
+    given, and the run and APO settings at their defaults; with ``every_key``, every other key at its default too.
+    Values that ``GRPOConfig`` / ``TrainingArguments`` derive from others when the config is built
+    (``steps_per_generation`` from ``generation_batch_size``, the ``accelerator_config`` object, ...) are not
+    printed: set both, or an object's text, and the file would be refused when read back."""
+    from apo.integrations.trl.config import APOConfig
+
+    own = set(_RUN_FIELD_NAMES) | {
+        f.name for f in dataclasses.fields(APOConfig) if f.name in APOConfig.__annotations__
+    }
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        if f.name in values:
+            value = values[f.name]
+        elif every_key or f.name in own:
+            value = _field_default(f)
+        else:
+            continue
+        out[f.name] = value.value if isinstance(value, enum.Enum) else value
+    return out
+
+
+def describe(cfg, values: dict[str, Any] | None = None) -> str:
+    """Every init field of ``cfg`` as commented YAML, one line per key: ``key: value  # type, default D. help``, the
+    value as in :func:`input_values` (the output of ``apo config --all``; a loadable config file: ``apo train``
+    reads it back to the same config)."""
     hints = typing.get_type_hints(type(cfg))
-    values = to_dict(cfg)
+    shown = input_values(cfg, values or {}, every_key=True)
     lines = []
     for f in sorted((f for f in dataclasses.fields(cfg) if f.init), key=lambda f: f.name):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = None
-        if isinstance(default, enum.Enum):
-            default = default.value
-        value = yaml.safe_dump({f.name: values[f.name]}, default_flow_style=True, width=10**6).strip()[1:-1]
+        default = _field_default(f)
+        value = yaml.dump({f.name: shown[f.name]}, Dumper=YamlDumper, default_flow_style=True, width=10**6)
         help_ = strip_markup(str(f.metadata.get("help", "")))
         rng = f", range {RANGES[f.name]}" if f.name in RANGES else ""
-        lines.append(f"{value}  # {_type_name(hints.get(f.name, f.type))}, default {default!r}{rng}. {help_}".rstrip())
+        line = f"{value.strip()[1:-1]}  # {_type_name(hints.get(f.name, f.type))}, default {default!r}{rng}. {help_}"
+        lines.append(line.rstrip())
     return "\n".join(lines) + "\n"
 
 
-def dump(cfg, path: Path | None = None, *, only_changed: bool = True) -> str:
-    """YAML text of the config (written to ``path`` when given)."""
-    text = yaml.safe_dump(to_dict(cfg, only_changed=only_changed), sort_keys=True)
+def dump(cfg, values: dict[str, Any], path: Path | None = None) -> str:
+    """YAML text of the config, :func:`input_values` (written to ``path`` when given)."""
+    text = yaml_dump(input_values(cfg, values))
     if path is not None:
         path.write_text(text)
     return text

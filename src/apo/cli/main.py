@@ -10,9 +10,10 @@ CONFIG is a YAML file or the name of a bundled config (apo/configs/*.yaml); with
 (offline, CPU: a tiny Llama on 2-digit addition) is used.
 
 Exit status: 0 done (also: --resume of a finished run, which changes nothing); 1 a run failed (apo compare: one of
-its runs; apo train: no completion could be scored, one line giving the reason); 2 a configuration or input mistake
-(one line on stderr naming the key, before any work); 129 / 130 / 143 stopped by SIGHUP / SIGINT / SIGTERM (at a
-step boundary, after a checkpoint; the one line on stderr gives the command that resumes).
+its runs; apo train: no completion could be scored, one line giving the reason), or a file could not be written
+(permissions, a read-only or full disk; one line naming it); 2 a configuration or input mistake (one line on stderr
+naming the key, before any work; output locations are checked then too); 129 / 130 / 143 stopped by SIGHUP / SIGINT /
+SIGTERM (at a step boundary, after a checkpoint; the one line on stderr gives the command that resumes).
 
 This module imports the other CLI modules, never the other way round (shared process helpers live in
 apo.cli.process).
@@ -21,7 +22,9 @@ apo.cli.process).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -29,6 +32,9 @@ from pathlib import Path
 from apo.cli.process import RunStopped, children_die_with_this_process, setup
 
 __all__ = ["build_parser", "main", "setup"]
+
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR}
+"""``OSError`` numbers of a location that cannot be written: said in one line by :func:`main`."""
 
 CONFIG_KEYS_HINT = "Every config key, with its type, default, allowed range and help: apo config --all"
 
@@ -76,7 +82,7 @@ def _own_run_folder(args, values: dict) -> dict:
 def cmd_train(args) -> int:
     from apo.cli.run import train
 
-    run_dir = train(_own_run_folder(args, _values(args.items)), resume=args.resume)
+    run_dir = train(_own_run_folder(args, _values(args.items)), resume=args.resume, into_existing=args.into_existing)
     summary = json.loads((run_dir / "summary.json").read_text())
     emit(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
     return 0
@@ -86,12 +92,23 @@ def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
     from apo.cli.run import eval_kwargs, evaluate, load_inputs, loading_inputs
 
-    values = _values(args.items)
     if args.policy and not Path(args.policy).expanduser().is_dir():
         raise cfglib.ConfigError(
             f"--policy {args.policy!r}: no such folder; pass a model folder (e.g. runs/<run>/final), or a hub id as "
             "model=<id>"
         )
+    path, pairs = _split_config_and_overrides(args.items)
+    saved = run_config_of(args.policy) if args.policy and path is None else None
+    if saved is not None:
+        logging.getLogger("apo").info(
+            "evaluating %s with its run's saved config %s (task, completion length, sampling); pass a CONFIG to use "
+            "another",
+            args.policy,
+            saved,
+        )
+    values = cfglib.resolve_values(saved or path, cfglib.parse_overrides(pairs))
+    if args.out:
+        cfglib.check_output_file(args.out, "--out")  # before the evaluation, whose result it holds
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)
@@ -104,6 +121,15 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def run_config_of(policy: str) -> Path | None:
+    """The saved ``config.yaml`` of the run that ``policy`` comes from (``RUN/final``, ``RUN/checkpoint-N``, or
+    ``RUN`` itself), or ``None`` when ``policy`` is not inside a run directory."""
+    for folder in (Path(policy), Path(policy).parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
 def cmd_config(args) -> int:
     import torch
 
@@ -113,24 +139,11 @@ def cmd_config(args) -> int:
     unchecked = [k for k in ("bf16", "fp16") if values.get(k) and not torch.cuda.is_available()]
     # TrainingArguments refuses bf16/fp16 without a GPU; print a GPU config here all the same, saying so.
     cfg = cfglib.build({**values, **dict.fromkeys(unchecked, False)})
-    if args.all:
-        for k in unchecked:
-            setattr(cfg, k, True)
-        text = cfglib.describe(cfg)
-    else:
-        text = yaml_set(cfglib.dump(cfg), dict.fromkeys(unchecked, True)) if unchecked else cfglib.dump(cfg)
+    text = cfglib.describe(cfg, values) if args.all else cfglib.dump(cfg, values)
     if unchecked:
         text = f"# {', '.join(unchecked)}: not checked (no GPU on this machine)\n" + text
     emit(text.rstrip("\n"))
     return 0
-
-
-def yaml_set(text: str, updates: dict) -> str:
-    import yaml
-
-    data = yaml.safe_load(text)
-    data.update(updates)
-    return yaml.safe_dump(data, sort_keys=True)
 
 
 def _seed(text: str) -> int:
@@ -144,9 +157,12 @@ def _seed(text: str) -> int:
 
 def cmd_compare(args) -> int:
     from apo.cli.compare import compare
+    from apo.cli.config import check_folder
     from apo.cli.presets import expand_sweep
 
     path, pairs = _split_config_and_overrides(args.items)
+    if args.out:
+        check_folder(args.out, "--out", "pass --out <a folder>")
     out = compare(
         path,
         expand_sweep([a for a in args.algorithms.split(",") if a], args.sweep or []),
@@ -156,6 +172,7 @@ def cmd_compare(args) -> int:
         jobs=args.jobs,
         devices=[d for d in args.devices.split(",") if d] if args.devices else None,
         command=["apo", *args.argv],
+        into_existing=args.into_existing,
     )
     emit(f"comparison written to {out}")
     return 0
@@ -163,14 +180,18 @@ def cmd_compare(args) -> int:
 
 def cmd_plot(args) -> int:
     from apo.cli.compare import plot_comparison
-    from apo.cli.config import ConfigError
+    from apo.cli.config import ConfigError, check_folder
 
     for p in args.run_dirs:
         if not Path(p).exists():
             raise ConfigError(f"apo plot: {p!r} does not exist; pass run directories or the folder that holds them")
+    if args.out:
+        check_folder(args.out, "apo plot: --out", "pass --out <a folder>")
     try:
         out = plot_comparison([Path(p) for p in args.run_dirs], out_dir=args.out)
-    except FileNotFoundError as e:
+    except ConfigError:
+        raise
+    except (FileNotFoundError, ValueError) as e:  # no run there; a damaged metrics.jsonl (apo.cli.plots.read_metrics)
         raise ConfigError(f"apo plot: {e}") from None
     emit(f"figures and table written to {out}")
     return 0
@@ -203,13 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in output_dir from its newest intact checkpoint (a finished run is left as it is)",
     )
+    t.add_argument(
+        "--into-existing",
+        action="store_true",
+        help="write the run into output_dir although it is a folder with other files (files named as a run's, "
+        "final/, curves.png, summary.json..., are replaced); without it such a folder is refused",
+    )
     t.set_defaults(fn=cmd_train)
     raw = argparse.RawDescriptionHelpFormatter
     e = sub.add_parser(
         "eval", help="mean reward of a policy on the held-out prompts", epilog=CONFIG_KEYS_HINT, formatter_class=raw
     )
     e.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="config file or name, then overrides")
-    e.add_argument("--policy", help="model folder to evaluate (default: the config's model)")
+    e.add_argument(
+        "--policy",
+        help="model folder to evaluate (default: the config's model); a run's final/ or checkpoint-N/ is evaluated "
+        "with that run's saved config.yaml unless a CONFIG is given",
+    )
     e.add_argument(
         "--out",
         metavar="FILE",
@@ -266,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs, one run at a time on each, each written as given into its runs' CUDA_VISIBLE_DEVICES, e.g. "
         "0,1,2,3 (default on a GPU config: the entries of CUDA_VISIBLE_DEVICES, else every GPU)",
     )
+    m.add_argument(
+        "--into-existing",
+        action="store_true",
+        help="write the comparison into --out although it is a folder with other files (without it such a folder "
+        "is refused)",
+    )
     m.set_defaults(fn=cmd_compare)
     pl = sub.add_parser("plot", help="redraw comparison figures and table from saved run directories")
     pl.add_argument("run_dirs", nargs="+", help="run directories, or folders that hold them")
@@ -317,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("apo: interrupted by SIGINT", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in UNWRITABLE:
+            raise
+        # a location that could not be written (permissions, a read-only or full disk): one line, no traceback
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"apo: error: could not write{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
     finally:
         close_children()  # every reward worker and grader process ends with the command, within seconds
 

@@ -15,14 +15,26 @@ from pathlib import Path
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of ``run_dir/metrics.jsonl``, in step order, one per step (a repeated step keeps its last row)."""
+    """The rows of ``run_dir/metrics.jsonl``, in step order, one per step (a repeated step keeps its last row). A
+    torn last line (a run killed while writing it; ``--resume`` drops it too) is left out.
+
+    Raises:
+        ValueError: a line before the last that is not a JSON row with a ``step`` (naming the file and the line).
+    """
     path = Path(run_dir) / "metrics.jsonl"
     rows: dict[int, dict] = {}
     if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
                 rows[int(row["step"])] = row
+            except (ValueError, KeyError, TypeError) as e:
+                if i == len(lines):  # torn by a kill
+                    continue
+                raise ValueError(f"{path}, line {i}: not a metrics row ({type(e).__name__}: {e})") from None
     return [rows[k] for k in sorted(rows)]
 
 
@@ -127,20 +139,24 @@ def moving_average(xs: list[float], window: int = SMOOTH_WINDOW) -> list[float]:
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
     """Run directories among ``paths``: a folder with ``config.yaml`` or ``metrics.jsonl`` is a run; another folder
-    stands for the runs directly inside it (sorted by name).
+    stands for the runs directly inside it (sorted by name). Each run once, however often it is named.
 
     Raises:
         FileNotFoundError: a path that is neither a run nor holds one.
     """
     runs: list[Path] = []
+    seen: set[Path] = set()
     for p in map(Path, paths):
         if _is_run(p):
-            runs.append(p)
-            continue
-        inner = sorted(q for q in p.iterdir() if _is_run(q)) if p.is_dir() else []
-        if not inner:
-            raise FileNotFoundError(f"{p} is not a run directory (no config.yaml / metrics.jsonl) and holds none")
-        runs.extend(inner)
+            found = [p]
+        else:
+            found = sorted(q for q in p.iterdir() if _is_run(q)) if p.is_dir() else []
+            if not found:
+                raise FileNotFoundError(f"{p} is not a run directory (no config.yaml / metrics.jsonl) and holds none")
+        for run in found:  # a run named twice (`cmp1 cmp1/grpo-seed0`, `cmp1 ./cmp1/`) counts once
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                runs.append(run)
     return runs
 
 
@@ -150,16 +166,18 @@ def _is_run(p: Path) -> bool:
 
 def run_label(run_dir: Path) -> str:
     """The group of a run: its directory name without ``-seed<k>`` (``apo-ess-seed2`` -> ``apo-ess``, as
-    ``apo compare`` names them); for another name, derived from its ``config.yaml``: ``apo-<alpha_schedule>`` for
-    APO, else the algorithm."""
+    ``apo compare`` names them; ``grpo@task=a%2Fb.jsonl-seed0`` -> ``grpo@task=a/b.jsonl``); for another name,
+    derived from its ``config.yaml``: ``apo-<alpha_schedule>`` for APO, else the algorithm."""
     m = re.fullmatch(r"(.+)-seed\d+", run_dir.name)
     if m:
-        return m.group(1)
+        from urllib.parse import unquote
+
+        return unquote(m.group(1))  # apo.cli.compare.run_name percent-encodes what a folder name cannot hold
     cfg = {}
     if (run_dir / "config.yaml").is_file():
-        import yaml
+        from apo.cli.config import yaml_load
 
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        cfg = yaml_load((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml")) or {}
     alg = cfg.get("algorithm", "apo")
     return f"apo-{cfg.get('alpha_schedule', 'fixed')}" if alg == "apo" else alg
 
@@ -171,12 +189,19 @@ _NUMBER_SPLIT = re.compile(r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     """Runs grouped by :func:`run_label`, presets in :data:`apo.cli.presets.PRESETS` order, each followed by its
     variants (``apo-fixed@alpha=0.35``) sorted with numbers compared as numbers (``@k=4`` before ``@k=16``), then other
-    labels sorted; runs within a group sorted by directory name."""
+    labels sorted; runs within a group sorted by directory name. When two runs would share a label and a directory
+    name (``cmp1/grpo-seed0`` and ``cmp2/grpo-seed0``: one seed twice, not two seeds), every label is prefixed with
+    the run's folder relative to the runs' common parent (``cmp1/grpo``, ``cmp2/grpo``)."""
     from apo.cli.presets import PRESETS
 
+    labels = {r: run_label(r) for r in run_dirs}
+    names = [(labels[r], r.name) for r in run_dirs]
+    if len(set(names)) < len(names):  # same-named runs of two comparisons are not two seeds of one group
+        common = Path(os.path.commonpath([str(r.resolve().parent) for r in run_dirs]))
+        labels = {r: f"{r.resolve().parent.relative_to(common).as_posix()}/{labels[r]}" for r in run_dirs}
     groups: dict[str, list[Path]] = {}
     for r in run_dirs:
-        groups.setdefault(run_label(r), []).append(r)
+        groups.setdefault(labels[r], []).append(r)
     presets = list(PRESETS)
 
     def natural(text: str) -> tuple:  # "x=16" after "x=4": numbers compare as numbers
@@ -437,9 +462,12 @@ def swept_keys(labels: list[str]) -> list[str]:
 
 
 def _as_number(text: str) -> float:
-    import yaml
+    from apo.cli.config import ConfigError, yaml_load
 
-    value = yaml.safe_load(text)
+    try:
+        value = yaml_load(text, "a swept value")
+    except ConfigError:
+        return math.nan
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 

@@ -162,7 +162,8 @@ def expand_sweep(algorithms: list[str], sweep: list[str]) -> list[str]:
     scalars, as on the command line: ``--sweep updates_per_rollout=1,4,16``.
 
     Raises:
-        ConfigError: a sweep not written ``KEY=V1[,V2...]``, a key swept twice, or a key also set by a variant.
+        ConfigError: a sweep not written ``KEY=V1[,V2...]``, a key swept twice, a key also set by a variant, or
+            ``seed`` / ``output_dir`` (``--seeds`` and ``--out`` set them).
     """
     names = list(algorithms)
     seen: set[str] = set()
@@ -172,6 +173,9 @@ def expand_sweep(algorithms: list[str], sweep: list[str]) -> list[str]:
         parts = [v.strip() for v in values.split(",")]
         if not sep or not key or not all(parts):
             raise ConfigError(f"--sweep {item!r}: write KEY=V1,V2,... (e.g. --sweep updates_per_rollout=1,4,16)")
+        if key in ("seed", "output_dir"):
+            flag = "--seeds" if key == "seed" else "--out"
+            raise ConfigError(f"--sweep {key}: apo compare sets {key} of every run; use {flag} instead")
         if key in seen:
             raise ConfigError(f"--sweep sweeps {key} twice: give all its values in one --sweep {key}=V1,V2,...")
         seen.add(key)

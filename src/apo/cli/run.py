@@ -41,8 +41,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from apo.cli import config as cfglib
 from apo.cli.lock import RunDirBusy, RunLock, holder
 from apo.cli.process import RunStopped, StopSignals
@@ -416,13 +414,45 @@ def saved_config_diff(run_dir: Path, values: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
 
 
-def train(values: dict[str, Any], *, resume: bool = False) -> Path:
+INTO_EXISTING = "--into-existing"
+"""The flag that lets a run be written into a folder that holds other files (:func:`foreign_entries`)."""
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The sorted names in ``folder`` when it exists and holds something other than a run (no ``config.yaml``,
+    ``metrics.jsonl``, ``eval_before.json`` nor ``checkpoint-*``); empty otherwise. A run writes ``final/``,
+    ``curves.png``, ``summary.json``... into its folder, replacing files of those names, so such a folder is only
+    written into with :data:`INTO_EXISTING`."""
+    if not folder.is_dir():
+        return []
+    names = sorted(p.name for p in folder.iterdir())
+    markers = ("config.yaml", "metrics.jsonl", "eval_before.json")
+    if any(n in markers or n.startswith("checkpoint-") for n in names):
+        return []
+    return names
+
+
+def refuse_foreign(folder: Path, key: str = "output_dir", what: str = "run") -> None:
+    """Raise when ``folder`` holds files and no run (:func:`foreign_entries`); ``key`` names the setting (a config
+    key, or a flag such as ``--out``), ``what`` what would be written."""
+    names = foreign_entries(folder)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        new = f"pass {key} <new folder>" if key.startswith("-") else f"set {key}=<new folder>"
+        raise cfglib.ConfigError(
+            f"{key} {str(folder)!r} is a folder that holds no {what} ({shown}): {new}, or pass {INTO_EXISTING} to "
+            f"write the {what} into it (files of the same names are replaced)"
+        )
+
+
+def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool = False) -> Path:
     """Run ``apo train`` for validated config ``values`` (:func:`apo.cli.config.resolve_values`); returns the run
     directory.
 
     - Fresh start: the inputs (reward, model, data) are loaded before the run directory is created; a start that
-      fails before its first step removes what it wrote (``config.yaml``, ``eval_before.json``, the folder if it
-      made it), so the corrected command runs without clean-up by hand.
+      fails before its first step (loading, building the trainer, creating its optimizer or scheduler) removes what
+      it wrote (``config.yaml``, ``eval_before.json``, the folder if it made it), so the corrected command runs
+      without clean-up by hand; a setting refused there is one line (:func:`failing_start`).
     - ``resume``: the saved config must match. A finished run (``summary.json`` present) is left exactly as it is.
       Otherwise training continues from the newest checkpoint that matches its manifest (newer, damaged ones are
       named in a warning and passed over); ``metrics.jsonl`` lines past that checkpoint are dropped, so no step is
@@ -434,15 +464,20 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
       signal that comes while a trained run draws ``curves.png`` and writes ``summary.json`` (about a second) lets
       it finish.
 
+    - ``output_dir`` an existing folder with other files and no run: refused unless ``into_existing``
+      (:func:`refuse_foreign`), since a run replaces ``final/``, ``curves.png``, ``summary.json``...
+
     Raises:
-        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``), nothing or a
-            different config to resume.
+        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``), a folder that is
+            not a run (without ``into_existing``), nothing or a different config to resume.
         RunStopped: stopped by a signal.
     """
     from apo.tasks.bounded import close_children
 
     cfg = cfglib.build(values)
     run_dir = Path(cfg.output_dir)
+    if not resume and not into_existing:
+        refuse_foreign(run_dir, "output_dir")
     command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
     lock = RunLock(run_dir)
     with StopSignals("apo: stopped at once by a second {signal}; resume with: " + command) as stop:
@@ -527,14 +562,15 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         if stop.requested:
             raise _stopped(stop, run_dir, 0, True)
         no_reward = _StopWithoutReward(reward_fn)
-        trainer = APOTrainer(
-            model=model,
-            reward_funcs=[reward_fn],
-            args=cfg,
-            train_dataset=train_ds,
-            processing_class=tokenizer,
-            callbacks=[*_callbacks(run_dir, cfg.max_steps, wall_time_s, stop), no_reward.callback],
-        )
+        with failing_start("could not build the trainer"):
+            trainer = APOTrainer(
+                model=model,
+                reward_funcs=[reward_fn],
+                args=cfg,
+                train_dataset=train_ds,
+                processing_class=tokenizer,
+                callbacks=[*_callbacks(run_dir, cfg.max_steps, wall_time_s, stop), no_reward.callback],
+            )
     except BaseException:
         if created:
             lock.release()  # the folder it made is removed with the rest
@@ -549,7 +585,12 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         trainer._load_from_checkpoint(str(checkpoint))
         trainer.state.global_step = state["global_step"]
     else:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            with failing_start("training could not start", lambda: trainer.state.global_step == 0 and not resume):
+                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except cfglib.ConfigError:  # nothing trained (an optimizer or scheduler setting): the folder as it was
+            _undo_start(run_dir, created)
+            raise
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
     if no_reward.reason is not None or trainer.state.global_step == 0:
@@ -653,6 +694,24 @@ class _StopWithoutReward:
 
 
 @contextlib.contextmanager
+def failing_start(what: str, applies=lambda: True):
+    """Turn a ``ValueError`` / ``TypeError`` / ``ImportError`` / ``KeyError`` raised inside (a setting that TRL,
+    transformers or torch refuse while the trainer, its optimizer or its scheduler is built:
+    ``lr_scheduler_kwargs`` the scheduler does not take, an ``optim`` whose package is missing) into a one-line
+    ``ConfigError`` ``<what>: <type>: <message>``, when ``applies()`` (e.g. no step trained yet); other exceptions,
+    and any once a step is trained, pass unchanged."""
+    try:
+        yield
+    except cfglib.ConfigError:
+        raise
+    except (ValueError, TypeError, ImportError, KeyError) as e:
+        if not applies():
+            raise
+        text = " ".join(str(e).split())
+        raise cfglib.ConfigError(f"{what}: {type(e).__name__}: {text}" if text else f"{what}: {e!r}") from None
+
+
+@contextlib.contextmanager
 def loading_inputs(cfg):
     """Turn any failure to load the model, data or reward (other than a :class:`ConfigError`) into a one-line
     ``ConfigError`` naming the settings involved and the chain of causes: a library's own exception (e.g. a
@@ -701,7 +760,7 @@ def _start_run_dir(run_dir: Path, values: dict[str, Any], lock: RunLock) -> list
         raise cfglib.ConfigError(
             f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
         )
-    _write_text(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=True))
+    _write_text(run_dir / "config.yaml", cfglib.yaml_dump(values))
     return [run_dir / "config.yaml", run_dir / "eval_before.json", *created]
 
 
