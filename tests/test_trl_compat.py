@@ -56,7 +56,12 @@ def dataset(n: int = 32):
     return ds.add_column("answer", ["x" if i % 3 else "y" for i in range(n)])
 
 
-def run(kind: str, tmp_path, *, train: bool = True, **overrides):
+def length_reward(completions, **kwargs):
+    """A second reward function that abstains (``None``) on completions of a length divisible by 3."""
+    return [None if len(c) % 3 == 0 else len(c) / 8 for c in completions]
+
+
+def run(kind: str, tmp_path, *, train: bool = True, more_rewards=(), eval_dataset=None, **overrides):
     """Train ``kind`` ("trl": ``GRPOTrainer`` + ``GRPOConfig``; "apo": ``APOTrainer`` + ``APOConfig``) for
     ``max_steps`` on a fresh tiny Llama (seed 0); returns the trainer and the reward function's record."""
     from trl import GRPOConfig, GRPOTrainer
@@ -69,9 +74,10 @@ def run(kind: str, tmp_path, *, train: bool = True, **overrides):
     reward = RecordingReward()
     trainer = trainer_cls(
         model=build_tiny_llama(tokenizer),
-        reward_funcs=reward,
+        reward_funcs=[reward, *more_rewards] if more_rewards else reward,
         args=config_cls(**kwargs),
         train_dataset=dataset(),
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
     if train:
@@ -86,10 +92,11 @@ def step_logs(trainer) -> list[dict]:
 def assert_same_run(trl, apo_):
     """Same loss and metrics at every logged step (1e-6 relative), same weights (1e-6 relative)."""
     trl_logs, apo_logs = step_logs(trl), step_logs(apo_)
-    assert len(trl_logs) == len(apo_logs) == trl.state.global_step + 1  # one row per step, then the summary
+    assert len(trl_logs) == len(apo_logs) >= trl.state.global_step + 1  # a row per step (and evaluation), a summary
     for step, (a, b) in enumerate(zip(trl_logs, apo_logs, strict=True), start=1):
         assert a.keys() <= b.keys(), f"step {step}: metrics missing from APOTrainer: {a.keys() - b.keys()}"
-        assert b.keys() - a.keys() <= EXTRA_METRICS, f"step {step}: undocumented metrics {b.keys() - a.keys()}"
+        extra = {k.removeprefix("eval_") for k in b.keys() - a.keys()}
+        assert extra <= EXTRA_METRICS, f"step {step}: undocumented metrics {extra - EXTRA_METRICS}"
         for key in a:
             assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9, nan_ok=True), f"step {step}: {key}"
     trl_weights, apo_weights = trl.model.state_dict(), apo_.model.state_dict()
@@ -175,6 +182,25 @@ def test_on_policy_run_is_grpo_trainers(tmp_path, trl_overrides, apo_overrides):
     our_files = set(os.listdir(tmp_path / "apo" / "checkpoint-3"))
     assert our_files - trl_files == {"apo_manifest.json"} and trl_files <= our_files
     assert sorted(os.listdir(tmp_path / "apo")) == ["checkpoint-3"]  # no staging folder left behind
+
+
+def test_weighted_abstaining_rewards_and_evaluation_are_grpo_trainers(tmp_path):
+    overrides = dict(
+        more_rewards=[length_reward],
+        reward_weights=[1.0, 0.5],
+        eval_dataset=dataset(4),
+        eval_strategy="steps",
+        eval_steps=2,
+        num_generations_eval=2,  # TRL's minimum (APO's is 2)
+        per_device_eval_batch_size=4,
+        max_steps=2,
+    )
+    trl, trl_reward = run("trl", tmp_path, loss_type="grpo", **overrides)
+    ours, our_reward = run("apo", tmp_path, **overrides)
+    assert_same_run(trl, ours)
+    assert trl_reward.calls == our_reward.calls and len(our_reward.calls) == 2 + 2  # 2 steps, 2 eval batches
+    evaluated = [h for h in step_logs(ours) if "eval_loss" in h]
+    assert len(evaluated) == 1 and "eval_rewards/length_reward/mean" in evaluated[0]
 
 
 def test_epochs_over_a_rollout_are_grpo_trainers(tmp_path):

@@ -11,7 +11,8 @@ What it overrides, and why (everything else is TRL's):
   (``reward``, ``reward_std``, ``rewards/<func>/mean|std``) and completion table keep the graded rewards, and the
   mean reward trained on is ``reward_zeroed``. Under ``"grade"`` (the default, TRL's behaviour) nothing changes.
   TRL's ``completions/clipped_ratio`` counts the cut completions; ``completions/truncated_graded_reward`` is the
-  mean reward the functions paid them; a rollout whose every completion was cut is named in one warning (once).
+  mean reward the functions paid them; a rollout whose every completion was cut is named in one warning (once in
+  training, once in evaluation).
   TRL's ``mask_truncated_completions`` is another thing (see :mod:`.config`).
 - ``_prepare_inputs``: TRL shuffles the generation batch row-wise before cutting it into ``steps_per_generation``
   micro-batches; here whole groups are shuffled instead (:func:`apo.integrations.trl.batching.shuffle_whole_groups`,
@@ -190,7 +191,7 @@ class APOTrainer(GRPOTrainer):
         self._generation_count = 0
         self._rewards_per_func: Tensor | None = None
         self._graded_rewards_per_func: Tensor | None = None  # before truncated_completions="zero"
-        self._warned_all_truncated = False
+        self._warned_all_truncated: set[str] = set()  # modes ("train", "eval") already warned about
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollout: raw rewards and group ids travel with the batch.
@@ -208,7 +209,8 @@ class APOTrainer(GRPOTrainer):
         generation stopped at ``max_completion_length``. Logs ``completions/truncated_graded_reward``: the mean
         weighted reward the functions gave the truncated completions before the policy (only when there are some).
         Keeps the graded rewards in ``self._graded_rewards_per_func`` (``None`` under ``"grade"``), from which
-        :meth:`_log_graded_reward` restores TRL's ``reward`` metrics; warns once if every completion was cut."""
+        :meth:`_log_graded_reward` restores TRL's ``reward`` metrics. Warns once per mode (train, eval) when every
+        completion of a batch was cut."""
         mode = "train" if self.model.training else "eval"
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         device = rewards_per_func.device
@@ -220,8 +222,8 @@ class APOTrainer(GRPOTrainer):
             weights_F = self.reward_weights.to(device)
             graded_N = (rewards_per_func[truncated_N] * weights_F.unsqueeze(0)).nansum(dim=1)
             self._metrics[mode]["completions/truncated_graded_reward"].append(graded_N.mean().item())
-        if truncated_N.all() and not self._warned_all_truncated and self.accelerator.is_main_process:
-            self._warned_all_truncated = True
+        if truncated_N.all() and mode not in self._warned_all_truncated and self.accelerator.is_main_process:
+            self._warned_all_truncated.add(mode)
             effect = (
                 "every reward is 0 (truncated_completions='zero') and nothing is learned"
                 if self.args.truncated_completions == "zero"
