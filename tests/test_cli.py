@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from apo.cli.main import main
 from apo.cli.plots import mean_ci
@@ -37,6 +38,9 @@ def test_train_default_writes_the_run_directory(tmp_path, capsys):
     assert not (run / ".partial").exists()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and "reward_before" in summary and "reward_after" in summary
+    # the CLI's truncation policy (APOConfig's default is TRL's "grade") is stated in the config and the summary
+    assert summary["truncated_completions"] == "zero"
+    assert yaml.safe_load((run / "config.yaml").read_text())["truncated_completions"] == "zero"
     clipped = [r["completions/clipped_ratio"] for r in rows]  # TRL's, per step
     assert (
         summary["clipped_ratio_mean"] == pytest.approx(sum(clipped) / 2)

@@ -139,7 +139,7 @@ def _recomputed(run_dir, window, threshold):
         row = json.loads(line)
         rows[row["step"]] = row
     steps = sorted(rows)
-    rewards = [rows[s]["reward"] for s in steps]
+    rewards = [rows[s].get("reward_zeroed", rows[s]["reward"]) for s in steps]  # the mean trained on
     windows = [rewards[max(0, i - window + 1) : i + 1] for i in range(len(rewards))]
     smooth = [sum(w) / len(w) for w in windows]
     ent = [rows[s]["entropy"] for s in steps]

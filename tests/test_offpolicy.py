@@ -216,6 +216,9 @@ def test_stability_stats_by_hand():
     assert s["final_train_reward"] == pytest.approx(0.1)
     assert s["drop_from_peak"] == pytest.approx(0.6)
     assert s["collapsed"] is True  # 0.1 < 0.3
+    # under truncated_completions=zero the numbers are of the reward trained on (reward_zeroed), not TRL's graded one
+    zeroed = stability_stats([{"reward": 1.0, "reward_zeroed": r} for r in rewards], window=2)
+    assert zeroed["peak_train_reward"] == pytest.approx(0.7) and zeroed["final_train_reward"] == pytest.approx(0.1)
     # few rollouts (n = 3 -> w = 1): the first and the last reward, never the same window
     rising = stability_stats([{"reward": r} for r in (0.1, 0.3, 0.2)], window=10)
     assert (rising["peak_train_reward"], rising["final_train_reward"]) == pytest.approx((0.3, 0.2))

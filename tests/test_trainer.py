@@ -85,7 +85,10 @@ def config(**overrides):
         ({"beta": 0.04}, ["beta"]),
         ({"scale_rewards": "batch"}, ["scale_rewards"]),
         ({"algorithm": "gspo", "importance_sampling_level": "token"}, ["importance_sampling_level"]),
-        ({"algorithm": "grpo", "importance_sampling_level": "sequence"}, ["gspo"]),
+        ({"algorithm": "dapo", "importance_sampling_level": "sequence"}, ["importance_sampling_level", "'grpo'"]),
+        ({"algorithm": "gspo", "loss_type": "dapo"}, ["loss_type", "algorithm='grpo'"]),
+        ({"algorithm": "grpo", "loss_type": "vespo", "importance_sampling_level": "sequence"}, ["'token'"]),
+        ({"algorithm": "grpo", "loss_type": "ppo"}, ["loss_type", "dapo"]),
         ({"alpha_ema": 0.0, "alpha_schedule": "guarded"}, ["alpha_ema"]),
     ],
 )
@@ -596,10 +599,18 @@ def test_truncated_completions_policy(make_trainer, tokenizer, algorithm, policy
     logged = trainer.state.log_history[0]
     assert logged["completions/clipped_ratio"] == pytest.approx(cut.float().mean().item())
     assert logged["completions/truncated_graded_reward"] == pytest.approx(1.0)  # what `const` paid before the policy
-    assert logged["reward"] == pytest.approx(expected_N.mean().item())
+    assert logged["reward"] == pytest.approx(1.0)  # TRL's meaning: the graded reward, whatever the policy
+    assert logged["rewards/const/mean"] == pytest.approx(1.0)
+    if policy == "zero":
+        assert logged["reward_zeroed"] == pytest.approx(expected_N.mean().item())  # the mean trained on
+    else:
+        assert "reward_zeroed" not in logged
 
 
 def test_truncated_completions_setting_is_validated():
+    from apo.cli.config import run_config_class
+
     with pytest.raises(ValueError, match="truncated_completions"):
         config(truncated_completions="drop")
-    assert apo.APOConfig.__dataclass_fields__["truncated_completions"].default == "zero"
+    assert apo.APOConfig.__dataclass_fields__["truncated_completions"].default == "grade"  # TRL's behaviour
+    assert run_config_class().__dataclass_fields__["truncated_completions"].default == "zero"  # `apo train`'s

@@ -149,6 +149,15 @@ def _run_fields():
         ("eval_before_after", bool, f(True, "Evaluate the policy before and after training and record both.")),
         ("cache_dir", str, f("~/.cache/apo", "Where prepared models (tiny-arith, converted SmolLM2) are cached.")),
         ("torch_threads", int | None, f(None, "torch.set_num_threads for the run (None: torch's default).")),
+        (
+            "truncated_completions",
+            str,
+            f(
+                "zero",
+                "Reward of a completion cut at max_completion_length without EOS: 'zero' (the CLI's default, so "
+                "that algorithms are compared on finished answers) or 'grade' (APOConfig's and TRL's default).",
+            ),
+        ),
     ]
 
 
@@ -574,6 +583,7 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
         if not _type_ok(value, tp):
             raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     values.setdefault("output_dir", default_output_dir(values, None if path is None else Path(path).stem))
+    values.setdefault("truncated_completions", "zero")  # the CLI's default, stated in every run's config.yaml
     check_ranges(values)
     check_paths(values)
     check_settings(values)

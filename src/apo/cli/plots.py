@@ -38,6 +38,15 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
+def metric(row: dict, key: str) -> float | None:
+    """``row[key]``, except that ``"reward"`` means the mean reward the step trained on: ``reward_zeroed`` when the
+    run zeroed cut completions (``truncated_completions: zero``; TRL's ``reward`` is then the graded one), else
+    ``reward``. ``None`` when not logged."""
+    if key == "reward" and "reward_zeroed" in row:
+        return row["reward_zeroed"]
+    return row.get(key)
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None, rows: list[dict] | None = None) -> Path:
     """``curves.png``: reward, alpha and ESS fraction per optimizer step of one run (``rows``: its
     :func:`read_metrics`, read here when not given)."""
@@ -51,7 +60,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, rows: list[dict
     panels = [("reward", "mean reward"), ("apo/alpha", "alpha"), ("apo/ess", "ESS / P")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (key, label) in zip(axes, panels, strict=True):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
+        pts = [(r["step"], metric(r, key)) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), lw=1.5)
         else:
@@ -227,7 +236,7 @@ def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = 
 
     - ``reward_before`` / ``reward_after``: held-out mean reward of ``eval_before.json`` / ``eval_after.json``;
     - ``best_train_reward``: ``max_t`` of the trailing ``window``-step moving average of the per-step training reward
-      (the mean reward of the step's sampled completions, ``reward`` in ``metrics.jsonl``);
+      (the mean reward of the step's sampled completions as trained on, :func:`metric`);
     - ``steps_to_threshold``: the first optimizer step whose smoothed training reward is ``>= threshold``
       (``None``: never);
     - ``final_entropy``: mean token entropy (TRL's ``entropy``) over the last ``ceil(10%)`` of logged steps;
@@ -236,7 +245,7 @@ def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = 
     - the stability numbers of :func:`stability_stats` (``final_train_reward``, ``drop_from_peak``, ``collapsed``).
     """
     rows = read_metrics(run_dir)
-    pts = [(r["step"], r["reward"]) for r in rows if "reward" in r]
+    pts = [(r["step"], metric(r, "reward")) for r in rows if "reward" in r]
     smooth = moving_average([v for _, v in pts], window)
     ent = [r["entropy"] for r in rows if "entropy" in r]
     tail = ent[-max(1, math.ceil(0.1 * len(ent))) :] if ent else []
@@ -256,7 +265,7 @@ def run_stats(run_dir: Path, *, window: int = SMOOTH_WINDOW, threshold: float = 
 
 
 def stability_stats(rows: list[dict], *, window: int = SMOOTH_WINDOW) -> dict:
-    """Whether a run held on to what it learned, from its ``metrics.jsonl`` rows (training reward: ``reward``).
+    """Whether a run held on to what it learned, from its ``metrics.jsonl`` rows (training reward: :func:`metric`).
 
     The training reward is logged once per rollout: ``n`` values ``y_1 .. y_n`` (``n`` = steps / k when a rollout
     feeds ``k`` optimizer steps). With ``w = min(window, max(1, n // 4))`` (so that a run with few rollouts still
@@ -267,7 +276,7 @@ def stability_stats(rows: list[dict], *, window: int = SMOOTH_WINDOW) -> dict:
     - ``collapsed``: ``s_n < s_w``, the last ``w`` logged rewards below the first ``w`` (the run ended worse than it
       started); ``None`` without rewards.
     """
-    ys = [r["reward"] for r in rows if "reward" in r]
+    ys = [metric(r, "reward") for r in rows if "reward" in r]
     if not ys:
         return {"peak_train_reward": None, "final_train_reward": None, "drop_from_peak": None, "collapsed": None}
     w = min(window, max(1, len(ys) // 4))
@@ -368,7 +377,7 @@ def _aligned(runs: list[Path], key: str, window: int) -> tuple[list[int], list[l
     """Steps logged with ``key`` by every run, and per run its (smoothed when ``window > 1``) values at those steps."""
     series = []
     for r in runs:
-        pts = [(row["step"], row[key]) for row in read_metrics(r) if key in row]
+        pts = [(row["step"], metric(row, key)) for row in read_metrics(r) if key in row]
         ys = moving_average([v for _, v in pts], window) if window > 1 else [v for _, v in pts]
         series.append(dict(zip([s for s, _ in pts], ys, strict=True)))
     common = sorted(set.intersection(*(set(s) for s in series))) if series else []

@@ -14,8 +14,9 @@ A run directory holds::
                          written last) and renamed into place, so a kill leaves the last one whole; --resume
                          passes over a checkpoint that does not match its manifest, naming it
     final/               the trained model (safetensors) and tokenizer
-    summary.json         wall time, steps, rewards before/after, the gain with its paired 95% interval over
-                         prompts (reward_gain_ci95, apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
+    summary.json         wall time, steps, truncated_completions (what cut completions scored), rewards
+                         before/after, the gain with its paired 95% interval over prompts (reward_gain_ci95,
+                         apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
                          fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
                          apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
@@ -612,6 +613,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
     rows = read_metrics(run_dir)
     summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
     summary["reward_failed_frac"] = no_reward.failed_frac()
+    summary["truncated_completions"] = cfg.truncated_completions  # what the rewards and evaluations gave cut text
     summary.update(clipped_ratio_summary(rows))
     if cfg.eval_before_after and eval_ds is not None:
         after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)

@@ -11,20 +11,27 @@ Departures from TRL's ``GRPOConfig`` defaults:
   mean; TRL's default is ``"dapo"``), token-level ratios, ``epsilon=0.2``; ``gspo`` -> ``loss_type="grpo"``,
   ``importance_sampling_level="sequence"``, ``epsilon=3e-4``, ``epsilon_high=4e-4`` (the GSPO paper's settings);
   ``dapo``, ``dr_grpo``, ``cispo``, ``sapo`` -> TRL's loss of that name with its paper's clip range, unless set
-  explicitly. ``grpo`` takes any other TRL ``loss_type`` (``bnpo``, ``luspo``, ...); the named algorithms reject a
-  different one. ``apo`` / ``adpo`` do not read them.
+  explicitly. ``grpo`` is TRL's ``GRPOTrainer`` loss as configured: it takes any TRL ``loss_type`` at either
+  ``importance_sampling_level`` (sequence-level DAPO, BNPO, Dr. GRPO, CISPO, SAPO, LUSPO: ``algorithm="grpo",
+  loss_type=..., importance_sampling_level="sequence"``), except ``vespo`` at sequence level, which TRL does not
+  support (VESPO forms its own sequence weights and ignores the level). The named algorithms are their paper's
+  setting and reject a different ``loss_type`` or level, naming the ``grpo`` spelling to use instead.
 - ``updates_per_rollout = k`` is the off-policy knob: ``steps_per_generation = k * gradient_accumulation_steps``
   (TRL's own mini-batching of a rollout), with groups whole in every mini-batch; ``num_iterations`` (TRL's) repeats
   each rollout's mini-batches (epochs). A rollout lag (generation by a policy ``d`` steps old, as asynchronous
   pipelines do) is not offered: TRL 1.16 generates synchronously with the current weights, and a lag would need a
   second copy of the policy; mini-batches already train on rollouts 0 .. k - 1 steps stale.
-- ``truncated_completions="zero"`` (default, every algorithm): a completion that reaches ``max_completion_length``
-  without EOS gets reward 0, whatever the reward functions say; TRL grades it like any other (``"grade"``). With a
-  binary rule-based reward (the paper's), a cut reasoning trace that happens to end on the right number would
-  otherwise be paid. This is not TRL's ``mask_truncated_completions``, which keeps the graded reward (and the cut
-  completion's place in the group baseline) but removes its tokens from the loss; ``apo``/``adpo`` reject that one,
-  and for ``grpo``/``gspo`` the two compose (the cut completion then scores 0 in the baseline and adds no tokens to
-  the loss).
+- ``truncated_completions`` (every algorithm) decides the reward of a completion that reaches
+  ``max_completion_length`` without EOS. ``"grade"`` (the default here, TRL's behaviour) scores it like any other,
+  so ``APOTrainer(algorithm="grpo")`` gets TRL's rewards. ``"zero"`` gives it reward 0 whatever the reward functions
+  say: with a binary rule-based reward (the paper's), a cut reasoning trace that happens to end on the right number
+  would otherwise be paid. ``apo train`` / ``apo compare`` default to ``"zero"`` (:mod:`apo.cli.config`), and state
+  it in the run's config; a default of ``"zero"`` here would turn a TRL script whose completions rarely end (a large
+  vocabulary, short ``max_completion_length``) into one where every reward and advantage is 0. Either way the
+  logged ``reward`` is the graded reward, as TRL logs it. This is not TRL's ``mask_truncated_completions``, which
+  keeps the graded reward (and the cut completion's place in the group baseline) but removes its tokens from the
+  loss; ``apo``/``adpo`` reject that one, and for ``grpo``/``gspo`` the two compose (the cut completion then scores
+  0 in the baseline and adds no tokens to the loss).
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
@@ -67,7 +74,11 @@ ALGORITHMS = GROUP_ALGORITHMS + tuple(TRL_ALGORITHMS)
 ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
 SEQUENCE_SCORES = ("sum", "mean")
 CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
-TRUNCATION_POLICIES = ("zero", "grade")
+TRUNCATION_POLICIES = ("grade", "zero")
+TRL_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+"""``loss_type`` values of trl 1.16's ``GRPOTrainer``; every one runs at either ``importance_sampling_level``
+except ``vespo`` (token level only: it forms its own sequence weights)."""
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 
 
 @dataclass
@@ -141,11 +152,12 @@ class APOConfig(GRPOConfig):
         },
     )
     truncated_completions: str = field(
-        default="zero",
+        default="grade",
         metadata={
             "help": f"Reward of a completion cut at max_completion_length without EOS: one of {TRUNCATION_POLICIES}. "
-            "'zero': 0 whatever the reward functions return (a cut trace has no final answer; counted in "
-            "completions/clipped_ratio); 'grade': the reward functions' score, as TRL does."
+            "'grade' (default): the reward functions' score, as TRL does; 'zero': 0 whatever the reward functions "
+            "return (a cut trace has no final answer; counted in completions/clipped_ratio, the trained-on mean "
+            "logged as reward_zeroed). `apo train` defaults to 'zero'."
         },
     )
     # --- fast generation hook (apo.integrations.trl.generation) ---
@@ -176,22 +188,19 @@ class APOConfig(GRPOConfig):
         algo = self.algorithm
         if algo in TRL_ALGORITHMS:
             implied = TRL_ALGORITHMS[algo]
-            level = implied["importance_sampling_level"]
-            if self.importance_sampling_level not in (None, level):
-                other = "gspo" if self.importance_sampling_level == "sequence" else "grpo"
-                raise ValueError(
-                    f"algorithm={algo!r} uses {level}-level ratios, but importance_sampling_level="
-                    f"{self.importance_sampling_level!r}; leave it unset or use algorithm={other!r}"
-                )
-            if algo != "grpo" and self.loss_type not in (None, implied["loss_type"]):
-                raise ValueError(
-                    f"algorithm={algo!r} is TRL's loss_type={implied['loss_type']!r}, but "
-                    f"loss_type={self.loss_type!r}; "
-                    "leave loss_type unset, or use algorithm='grpo' with any TRL loss_type"
-                )
+            for key in ("loss_type", "importance_sampling_level") if algo != "grpo" else ():
+                if getattr(self, key) not in (None, implied[key]):
+                    raise ValueError(
+                        f"algorithm={algo!r} is TRL's loss_type={implied['loss_type']!r} with "
+                        f"{implied['importance_sampling_level']}-level ratios, but {key}={getattr(self, key)!r}: "
+                        f"leave {key} unset, or use algorithm='grpo' (TRL's loss as configured) with "
+                        f"loss_type={self.loss_type or implied['loss_type']!r}, importance_sampling_level="
+                        f"{self.importance_sampling_level or implied['importance_sampling_level']!r}"
+                    )
             for key, value in implied.items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
+            self._check_trl_loss()
         else:
             self.loss_type = "grpo" if self.loss_type is None else self.loss_type
             self.importance_sampling_level = self.importance_sampling_level or "token"
@@ -245,7 +254,8 @@ class APOConfig(GRPOConfig):
                 f"several optimizer steps per rollout (updates_per_rollout={k}, steps_per_generation={spg}, "
                 f"num_iterations={self.num_iterations}) need whole groups in every mini-batch: "
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
-                f"num_generations ({G})"
+                f"num_generations ({G}): use per_device_train_batch_size="
+                f"{_next_multiple(self.per_device_train_batch_size, G)}"
             )
 
     @property
@@ -260,6 +270,22 @@ class APOConfig(GRPOConfig):
     def schedule_params(self) -> dict:
         """Keyword arguments of :func:`apo.make_alpha_schedule` for ``alpha_schedule``."""
         return schedule_params(self)
+
+    def _check_trl_loss(self) -> None:
+        """The ``loss_type`` / ``importance_sampling_level`` pair of a TRL-run algorithm is one TRL runs (TRL itself
+        finds an unknown name only inside the first loss)."""
+        if self.loss_type not in TRL_LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; valid: {list(TRL_LOSS_TYPES)}")
+        if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(
+                f"unknown importance_sampling_level {self.importance_sampling_level!r}; "
+                f"valid: {list(IMPORTANCE_SAMPLING_LEVELS)}"
+            )
+        if self.loss_type == "vespo" and self.importance_sampling_level == "sequence":
+            raise ValueError(
+                "loss_type='vespo' forms its own sequence-level weights and ignores importance_sampling_level="
+                "'sequence': use importance_sampling_level='token'"
+            )
 
     def _check_apo_fields(self) -> None:
         def choice(name, valid):
@@ -293,7 +319,9 @@ class APOConfig(GRPOConfig):
                 f"weight_clip_min={self.weight_clip_min}, weight_clip_max={self.weight_clip_max}"
             )
         if clip is not None and self.algorithm != "apo":
-            raise ValueError(f"weight_clip_min/weight_clip_max apply to algorithm='apo' only, not {self.algorithm!r}")
+            raise ValueError(
+                f"weight_clip_min/weight_clip_max apply to algorithm='apo' only, not {self.algorithm!r}: unset them"
+            )
         if self.alpha_schedule != "fixed" and self.algorithm != "apo":
             raise ValueError(
                 f"alpha_schedule={self.alpha_schedule!r} needs algorithm='apo' (algorithm={self.algorithm!r} has no "
@@ -302,11 +330,13 @@ class APOConfig(GRPOConfig):
         if self.confidence_source != "anchored" and self.alpha_schedule != "guarded":
             raise ValueError(
                 f"confidence_source={self.confidence_source!r} is read by alpha_schedule='guarded' only "
-                f"(alpha_schedule={self.alpha_schedule!r})"
+                f"(alpha_schedule={self.alpha_schedule!r}): use confidence_source='anchored' or "
+                "alpha_schedule='guarded'"
             )
         if self.num_generations is None or self.num_generations < 2:
             raise ValueError(
-                f"num_generations must be >= 2 (a group of completions per prompt), got {self.num_generations}"
+                f"num_generations must be >= 2 (a group of completions per prompt), got {self.num_generations}: "
+                "use num_generations=2 or more"
             )
 
     def _check_group_objective_settings(self) -> None:
@@ -358,18 +388,33 @@ class APOConfig(GRPOConfig):
             self.vllm_importance_sampling_correction = False
 
     def _check_whole_groups(self) -> None:
+        """Whole groups in every train and evaluation micro-batch, and groups of at least 2 in evaluation (checked
+        whenever evaluation is configured: ``eval_strategy``, ``do_eval`` or ``eval_on_start``)."""
         G = self.num_generations
+        algo = self.algorithm
         if self.per_device_train_batch_size % G != 0:
             raise ValueError(
-                f"algorithm={self.algorithm!r} needs whole groups in every micro-batch on every process: "
+                f"algorithm={algo!r} needs whole groups in every micro-batch on every process: "
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
-                f"num_generations ({G}), whatever the world size, steps_per_generation and gradient accumulation"
+                f"num_generations ({G}), whatever the world size, steps_per_generation and gradient accumulation: "
+                f"use per_device_train_batch_size={_next_multiple(self.per_device_train_batch_size, G)}"
             )
-        if self.do_eval and self.eval_strategy != "no":
-            G_eval = self.num_generations_eval or G
+        G_eval = self.num_generations_eval
+        if G_eval is not None and G_eval < 2:
+            raise ValueError(
+                f"algorithm={algo!r} scores each prompt's group against itself, also in evaluation: "
+                f"num_generations_eval must be >= 2, got {G_eval}; unset it (= num_generations) or use 2 or more"
+            )
+        if self.do_eval or self.eval_strategy != "no" or self.eval_on_start:
+            G_eval = G_eval or G
             if self.per_device_eval_batch_size % G_eval != 0:
                 raise ValueError(
-                    f"algorithm={self.algorithm!r} needs whole groups in every evaluation batch: "
-                    f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of "
-                    f"num_generations_eval ({G_eval})"
+                    f"algorithm={algo!r} needs whole groups in every evaluation batch: per_device_eval_batch_size "
+                    f"({self.per_device_eval_batch_size}) must be a multiple of num_generations_eval ({G_eval}): "
+                    f"use per_device_eval_batch_size={_next_multiple(self.per_device_eval_batch_size, G_eval)}"
                 )
+
+
+def _next_multiple(n: int, k: int) -> int:
+    """The smallest multiple of ``k`` that is ``>= n`` (and ``>= k``)."""
+    return max(k, -(-n // k) * k)

@@ -6,15 +6,21 @@ What it overrides, and why (everything else is TRL's):
   sum over reward functions, local slice) and a ``group_ids`` tensor (unique per prompt across processes and over the
   run) to the loss. TRL passes only z-scored advantages. The ``G`` rows of each group are checked to hold one prompt.
 - ``_calculate_rewards`` also applies ``args.truncated_completions`` (every algorithm, train and eval): under
-  ``"zero"`` (the default) a completion cut at ``max_completion_length`` without EOS scores 0 from every reward
-  function before TRL forms advantages, so GRPO/GSPO baselines and APO targets all see the same 0. TRL's
-  ``completions/clipped_ratio`` counts these completions; ``completions/truncated_graded_reward`` is the mean reward
-  the functions would have paid them. TRL's ``mask_truncated_completions`` is another thing (see :mod:`.config`).
+  ``"zero"`` a completion cut at ``max_completion_length`` without EOS scores 0 from every reward function before
+  TRL forms advantages, so GRPO/GSPO baselines and APO targets all see the same 0; TRL's reward metrics
+  (``reward``, ``reward_std``, ``rewards/<func>/mean|std``) and completion table keep the graded rewards, and the
+  mean reward trained on is ``reward_zeroed``. Under ``"grade"`` (the default, TRL's behaviour) nothing changes.
+  TRL's ``completions/clipped_ratio`` counts the cut completions; ``completions/truncated_graded_reward`` is the
+  mean reward the functions paid them; a rollout whose every completion was cut is named in one warning (once in
+  training, once in evaluation).
+  TRL's ``mask_truncated_completions`` is another thing (see :mod:`.config`).
 - ``_prepare_inputs``: TRL shuffles the generation batch row-wise before cutting it into ``steps_per_generation``
   micro-batches; here whole groups are shuffled instead (:func:`apo.integrations.trl.batching.shuffle_whole_groups`,
   seeded from torch's global generator like TRL's). Applied to every algorithm whenever
-  ``per_device_train_batch_size % num_generations == 0`` (required for ``apo``/``adpo``), so that peers compared
-  in one study see the same micro-batches; otherwise (``grpo``/``gspo`` only) TRL's row-wise shuffle is kept.
+  ``per_device_train_batch_size % num_generations == 0`` (required for ``apo``/``adpo``) and
+  ``steps_per_generation > 1``, so that peers compared in one study see the same micro-batches; otherwise TRL's
+  row-wise shuffle is kept (with ``steps_per_generation == 1`` the one micro-batch holds every group whole anyway,
+  and a run is then step for step the one ``GRPOTrainer`` makes).
 - ``_compute_loss`` (``apo``/``adpo`` only; ``grpo``/``gspo`` run TRL's own ``_compute_loss`` untouched): per-token
   log-probs from TRL's ``_get_per_token_logps_and_entropies``, anchor = ``old_per_token_logps`` (or the detached
   current log-probs where TRL, exactly, knows the policy has not moved), the library objective
@@ -67,6 +73,7 @@ Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -80,7 +87,13 @@ from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from trl import GRPOTrainer
 from trl.extras.profiling import profiling_decorator
-from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
+from trl.trainer.utils import (
+    get_config_model_id,
+    nanstd,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 from apo.core.diagnostics import NAN_WHEN_UNDEFINED, sequence_confidence, token_confidence
 from apo.core.divergence import anchored_log_policy
@@ -94,6 +107,8 @@ from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
 from .checkpoints import fsync_path, write_manifest
 from .config import GROUP_ALGORITHMS, APOConfig
 from .generation import generate_single_turn
+
+logger = logging.getLogger(__name__)
 
 TESTED_TRL_VERSION = "1.16.0"
 SCHEDULE_STATE_FILE = "apo_alpha_schedule.json"
@@ -142,17 +157,24 @@ class APOTrainer(GRPOTrainer):
     """``GRPOTrainer`` running ``args.algorithm`` (``apo``, ``adpo``, ``grpo``, ``gspo``) on whole groups.
 
     Same constructor as ``GRPOTrainer`` (``model``, ``reward_funcs``, ``args``, ``train_dataset``,
-    ``processing_class``, ...); ``args`` must be an :class:`apo.APOConfig`. The alpha schedule in force is
+    ``processing_class``, ...); ``args`` is an :class:`apo.APOConfig`, or ``None`` for ``APOConfig("<model>-APO")``
+    (TRL builds ``GRPOConfig("<model>-GRPO")``). The alpha schedule in force is
     ``trainer.alpha_schedule`` (``None`` unless ``algorithm="apo"``). See the module docstring for what differs from
     TRL and from the paper.
     """
 
     _tag_names = ["trl", "grpo", "apo"]
 
-    def __init__(self, *args_, args: APOConfig | None = None, **kwargs):
+    def __init__(self, model, reward_funcs=None, args: APOConfig | None = None, *args_, **kwargs):
+        if args is None:  # as GRPOTrainer does, with this trainer's config (algorithm="apo")
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = APOConfig(f"{name.split('/')[-1]}-APO")
         if not isinstance(args, APOConfig):
-            raise TypeError(f"APOTrainer needs args=APOConfig(...), got {type(args).__name__}")
-        super().__init__(*args_, args=args, **kwargs)
+            raise TypeError(
+                f"APOTrainer needs args=APOConfig(...) (or None for the defaults), got {type(args).__name__}: "
+                "use APOConfig(algorithm='grpo', ...) with the same fields for TRL's GRPO"
+            )
+        super().__init__(model, reward_funcs, args, *args_, **kwargs)
         self.algorithm = args.algorithm
         self._objective = get_objective(args.algorithm) if args.algorithm in GROUP_ALGORITHMS else None
         self.alpha_schedule = (
@@ -168,6 +190,8 @@ class APOTrainer(GRPOTrainer):
         self._generated_at_step: int | None = None  # global_step of the rollout being trained on
         self._generation_count = 0
         self._rewards_per_func: Tensor | None = None
+        self._graded_rewards_per_func: Tensor | None = None  # before truncated_completions="zero"
+        self._warned_all_truncated: set[str] = set()  # modes ("train", "eval") already warned about
 
     # ------------------------------------------------------------------------------------------------------------
     # Rollout: raw rewards and group ids travel with the batch.
@@ -183,7 +207,10 @@ class APOTrainer(GRPOTrainer):
         function's score of a truncated completion becomes 0 (NaN, "unscorable", included). Truncated means TRL's
         ``completions/clipped_ratio`` rule: the last completion token is neither an EOS nor the pad token, i.e.
         generation stopped at ``max_completion_length``. Logs ``completions/truncated_graded_reward``: the mean
-        weighted reward the functions gave the truncated completions before the policy (only when there are some)."""
+        weighted reward the functions gave the truncated completions before the policy (only when there are some).
+        Keeps the graded rewards in ``self._graded_rewards_per_func`` (``None`` under ``"grade"``), from which
+        :meth:`_log_graded_reward` restores TRL's ``reward`` metrics. Warns once per mode (train, eval) when every
+        completion of a batch was cut."""
         mode = "train" if self.model.training else "eval"
         eos_and_pad = {*self.eos_token_ids, self._tokenizer.pad_token_id}
         device = rewards_per_func.device
@@ -195,10 +222,50 @@ class APOTrainer(GRPOTrainer):
             weights_F = self.reward_weights.to(device)
             graded_N = (rewards_per_func[truncated_N] * weights_F.unsqueeze(0)).nansum(dim=1)
             self._metrics[mode]["completions/truncated_graded_reward"].append(graded_N.mean().item())
+        if truncated_N.all() and mode not in self._warned_all_truncated and self.accelerator.is_main_process:
+            self._warned_all_truncated.add(mode)
+            effect = (
+                "every reward is 0 (truncated_completions='zero') and nothing is learned"
+                if self.args.truncated_completions == "zero"
+                else "every reward grades cut text"
+            )
+            logger.warning(
+                "all %d %s completions were cut at max_completion_length=%d without EOS: %s; raise "
+                "max_completion_length%s",
+                truncated_N.numel(),
+                mode,
+                self.max_completion_length,
+                effect,
+                " or use truncated_completions='grade'" if self.args.truncated_completions == "zero" else "",
+            )
+        self._graded_rewards_per_func = None
         if self.args.truncated_completions == "zero":
+            self._graded_rewards_per_func = rewards_per_func
             rewards_per_func = rewards_per_func.clone()
             rewards_per_func[truncated_N] = 0.0
         return rewards_per_func
+
+    def _log_graded_reward(self, mode: str, num_completions: int) -> None:
+        """Under ``truncated_completions="zero"``, give TRL's reward metrics (``reward``, ``reward_std``,
+        ``rewards/<func>/mean|std``) and completion table back their meaning, the graded reward, and log the mean
+        reward trained on (cut completions at 0) as ``reward_zeroed``. TRL computed them from the rewards
+        :meth:`_calculate_rewards` returned, the zeroed ones; its advantages keep those."""
+        graded_NF = self._graded_rewards_per_func
+        if graded_NF is None:
+            return
+        metrics = self._metrics[mode]
+        metrics["reward_zeroed"].append(metrics["reward"][-1])
+        for i, name in enumerate(self.reward_func_names):
+            metrics[f"rewards/{name}/mean"][-1] = torch.nanmean(graded_NF[:, i]).item()
+            metrics[f"rewards/{name}/std"][-1] = nanstd(graded_NF[:, i]).item()
+            table, values = self._logs["rewards"][name], graded_NF[:, i].tolist()
+            k = min(len(table), num_completions)  # the table is a bounded deque
+            for j in range(1, k + 1):
+                table[-j] = values[-j]
+        rewards_N = (graded_NF * self.reward_weights.to(graded_NF.device).unsqueeze(0)).nansum(dim=1)
+        rewards_N[torch.isnan(graded_NF).all(dim=1)] = torch.nan  # unscorable rows, as TRL leaves them out
+        metrics["reward"][-1] = torch.nanmean(rewards_N).item()
+        metrics["reward_std"][-1] = nanstd(rewards_N).item()
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         mode = "train" if self.model.training else "eval"
@@ -213,6 +280,7 @@ class APOTrainer(GRPOTrainer):
             group_ids_N = local_group_ids([x.get("prompt") for x in inputs], G, first_group=first, hint=GROUP_HINT)
             self._generation_count += 1
         output = super()._generate_and_score_completions(inputs)
+        self._log_graded_reward(mode, len(self._rewards_per_func))
         if mode == "train":
             self._generated_at_step = self.state.global_step
         if group_ids_N is None:
@@ -233,8 +301,10 @@ class APOTrainer(GRPOTrainer):
 
     @profiling_decorator
     def _prepare_inputs(self, generation_batch):
-        # TRL's training branch with a group-preserving shuffle in place of `shuffle_sequence_dict`.
-        if not self.model.training or not self._whole_groups["train"]:
+        # TRL's training branch with a group-preserving shuffle in place of `shuffle_sequence_dict`, where the
+        # generation batch is cut into several micro-batches; as one micro-batch it keeps every group whole anyway,
+        # and TRL's own row shuffle keeps the run identical to GRPOTrainer's.
+        if not self.model.training or not self._whole_groups["train"] or self.args.steps_per_generation == 1:
             return super()._prepare_inputs(generation_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
