@@ -87,7 +87,7 @@ def test_anchor_is_the_adapter_on_policy_at_the_rollout(tokenizer, tmp_path):
     rec = Recorder(trainer)
     trainer.train()
     assert len(rec.rollouts) == 2
-    for out, on, off in rec.rollouts:
+    for out, on, _off in rec.rollouts:
         torch.testing.assert_close(out["old_per_token_logps"], on, rtol=0, atol=1e-5)
     _, on, off = rec.rollouts[1]
     mask = rec.rollouts[1][0]["completion_mask"].bool()
