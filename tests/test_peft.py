@@ -46,7 +46,7 @@ def logps(trainer, batch, adapter: bool) -> torch.Tensor:
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
     model = trainer.model
-    with torch.no_grad(), (contextlib.nullcontext() if adapter else model.disable_adapter()):
+    with torch.no_grad(), contextlib.nullcontext() if adapter else model.disable_adapter():
         out, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, batch["completion_ids"].size(1))
     return out.detach()
 
