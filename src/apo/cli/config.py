@@ -148,7 +148,7 @@ def _run_fields():
         ("eval_batch_size", int, f(64, "Prompts per generation batch in evaluation.")),
         ("eval_before_after", bool, f(True, "Evaluate the policy before and after training and record both.")),
         ("cache_dir", str, f("~/.cache/apo", "Where prepared models (tiny-arith, converted SmolLM2) are cached.")),
-        ("torch_threads", int | None, f(None, "torch.set_num_threads for the run (None: torch's default).")),
+        ("torch_threads", int | None, f(None, "torch.set_num_threads (None: torch's, all cores; 1: shared machine).")),
         (
             "truncated_completions",
             str,
@@ -158,7 +158,14 @@ def _run_fields():
                 "that algorithms are compared on finished answers) or 'grade' (APOConfig's and TRL's default).",
             ),
         ),
-    ]
+    ] + _lora_fields()
+
+
+def _lora_fields():
+    """The LoRA block (TRL ``ModelConfig``'s keys, see :mod:`apo.cli.lora`)."""
+    from apo.cli.lora import config_fields
+
+    return config_fields()
 
 
 _RUN_FIELD_NAMES = tuple(name for name, _, _ in _run_fields())
@@ -265,6 +272,10 @@ RANGES: dict[str, str] = {
     "eval_seed": SEED_RANGE,
     "eval_batch_size": ">= 1",
     "torch_threads": ">= 1",
+    # LoRA (TRL ModelConfig)
+    "lora_r": ">= 1",
+    "lora_alpha": "> 0",
+    "lora_dropout": "[0, 1)",
 }
 """Allowed range of every numeric config key (see the syntax above); checked by :func:`check_ranges`."""
 
@@ -585,10 +596,20 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
     values.setdefault("output_dir", default_output_dir(values, None if path is None else Path(path).stem))
     values.setdefault("truncated_completions", "zero")  # the CLI's default, stated in every run's config.yaml
     check_ranges(values)
+    _check_lora(values)
     check_paths(values)
     check_settings(values)
     cpu_fallback(values)
     return values
+
+
+def _check_lora(values: dict[str, Any]) -> None:
+    from apo.cli.lora import LoraError, check_values
+
+    try:
+        check_values(values)
+    except LoraError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build(values: dict[str, Any]):

@@ -5,6 +5,7 @@
     apo config [CONFIG] [key=value ...] [--all]
     apo compare CONFIG --algorithms apo-ess,apo-fixed,... --seeds 0,1,2 [--jobs N] [--devices 0,1] [key=value ...]
     apo plot RUN_DIR [RUN_DIR ...]
+    apo merge ADAPTER_DIR OUT_DIR
 
 CONFIG is a YAML file or the name of a bundled config (apo/configs/*.yaml); without it, the embedded default
 (offline, CPU: a tiny Llama on 2-digit addition) is used.
@@ -197,6 +198,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_merge(args) -> int:
+    from apo.cli.config import ConfigError
+    from apo.cli.lora import LoraError, merge
+
+    try:
+        out = merge(args.adapter, args.out)
+    except LoraError as e:
+        raise ConfigError(str(e)) from None
+    print(f"merged model written to {out}")
+    return 0
+
+
 def _version() -> str:
     from apo import __version__
 
@@ -308,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dirs", nargs="+", help="run directories, or folders that hold them")
     pl.add_argument("--out", default=None, help="output folder (default: the runs' common parent)")
     pl.set_defaults(fn=cmd_plot)
+    mg = sub.add_parser(
+        "merge",
+        help="write a LoRA run's adapter merged into its base model as a full model folder",
+        description="Merge the LoRA adapter of ADAPTER_DIR (e.g. RUN/final of a use_peft run) into its base model "
+        "and write the full model and tokenizer to OUT_DIR (safetensors), loadable as model=OUT_DIR or --policy.",
+    )
+    mg.add_argument("adapter", metavar="ADAPTER_DIR", help="folder with adapter_config.json (a LoRA run's final/)")
+    mg.add_argument("out", metavar="OUT_DIR", help="folder to write the merged model to")
+    mg.set_defaults(fn=cmd_merge)
     return p
 
 

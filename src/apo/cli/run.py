@@ -9,11 +9,15 @@ A run directory holds::
                          per-prompt mean rewards (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
     curves.png           reward, alpha and ESS per step
-    checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
+    checkpoint-N/        safetensors weights (with use_peft: the LoRA adapter only), optimizer, RNG and the
+                         alpha-schedule state; a checkpoint folder is
                          written under .partial/, completed by apo_manifest.json (every file's size and SHA-256,
                          written last) and renamed into place, so a kill leaves the last one whole; --resume
                          passes over a checkpoint that does not match its manifest, naming it
-    final/               the trained model (safetensors) and tokenizer
+    final/               the trained model (safetensors) and tokenizer; with use_peft, the adapter
+                         (adapter_model.safetensors, adapter_config.json naming the base model's folder) and
+                         tokenizer: `apo eval --policy RUN/final` loads both, `apo merge RUN/final OUT` writes the
+                         merged full model (apo.cli.lora)
     summary.json         wall time, steps, truncated_completions (what cut completions scored), rewards
                          before/after, the gain with its paired 95% interval over prompts (reward_gain_ci95,
                          apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
@@ -74,7 +78,14 @@ def load_tokenizer(cfg):
 
     hf_logging.disable_progress_bar()  # the run has its own progress bar
 
-    path = resolve_model(cfg.model, os.path.expanduser(cfg.cache_dir))
+    from apo.cli.lora import adapter_base
+
+    # An adapter folder (a LoRA run's final/) holds its tokenizer; its weights load on its base (load_policy).
+    path = (
+        cfg.model
+        if adapter_base(cfg.model) is not None
+        else resolve_model(cfg.model, os.path.expanduser(cfg.cache_dir))
+    )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -82,12 +93,17 @@ def load_tokenizer(cfg):
 
 
 def load_policy(cfg):
-    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``)."""
+    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``; a LoRA
+    adapter folder loads on its base model, :func:`apo.cli.lora.load_adapter_model`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    from apo.cli.lora import adapter_base, load_adapter_model
+
     path, tokenizer = load_tokenizer(cfg)
     dtype = torch.bfloat16 if cfg.bf16 else (torch.float16 if cfg.fp16 else torch.float32)
+    if adapter_base(path) is not None:
+        return load_adapter_model(path, dtype), tokenizer
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer
 
@@ -145,13 +161,16 @@ def load_run_inputs(cfg):
 
 
 def _load_inputs(cfg, splits: tuple[str, ...], with_none: bool = False):
+    from apo.cli.lora import check_model
+
     sizes = {"train": (cfg.train_size, cfg.seed), "eval": (cfg.eval_size, cfg.eval_seed)}
     try:
         reward_fn = load_reward_fn(cfg)
-        _, tokenizer = load_tokenizer(cfg)
+        path, tokenizer = load_tokenizer(cfg)
         data = [load_data(cfg, tokenizer, split, *sizes[split]) for split in splits]
         if with_none:
             data += [None] * (2 - len(data))
+            check_model(cfg, path)  # training: the LoRA target modules exist
         model, tokenizer = load_policy(cfg)
         return reward_fn, model, tokenizer, *data
     except ValueError as e:
@@ -415,6 +434,30 @@ def saved_config_diff(run_dir: Path, values: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
 
 
+def check_resume_kind(run_dir: Path, values: dict[str, Any]) -> None:
+    """A LoRA run resumes only as a LoRA run, and a full run only as a full one: ``use_peft`` must equal the saved
+    config's, and the checkpoints must hold what it says (an adapter, or full weights).
+
+    Raises:
+        ConfigError: ``--resume: the run in R trained a LoRA adapter (use_peft=true); resume it with use_peft=true``.
+    """
+    from apo.cli.lora import ADAPTER_CONFIG
+
+    saved = cfglib.yaml_load((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml")) or {}
+    was, now = bool(saved.get("use_peft")), bool(values.get("use_peft"))
+    kinds = {True: "trained a LoRA adapter (use_peft=true)", False: "trained every weight (use_peft=false)"}
+    if was != now:
+        raise cfglib.ConfigError(
+            f"--resume: the run in {run_dir} {kinds[was]}; config key 'use_peft' must stay {str(was).lower()}"
+        )
+    for checkpoint in run_dir.glob("checkpoint-*"):
+        if (checkpoint / ADAPTER_CONFIG).is_file() != now:
+            raise cfglib.ConfigError(
+                f"--resume: {checkpoint} holds {'an adapter' if not now else 'full weights'} but config key "
+                f"'use_peft' is {str(now).lower()}"
+            )
+
+
 INTO_EXISTING = "--into-existing"
 """The flag that lets a run be written into a folder that holds other files (:func:`foreign_entries`)."""
 
@@ -506,6 +549,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
     import torch
     from transformers import PrinterCallback, ProgressCallback
 
+    from apo.cli.lora import peft_config
     from apo.integrations.trl.trainer import APOTrainer
 
     t0 = time.time()
@@ -522,6 +566,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         if not saved_cfg.exists():
             raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
         lock.acquire()
+        check_resume_kind(run_dir, values)
         # the folder being resumed is the run, wherever it was started from (a saved output_dir may be relative)
         diff = [k for k in saved_config_diff(run_dir, values) if k != "output_dir"]
         if diff:
@@ -571,6 +616,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
                 train_dataset=train_ds,
                 processing_class=tokenizer,
                 callbacks=[*_callbacks(run_dir, cfg.max_steps, wall_time_s, stop), no_reward.callback],
+                peft_config=peft_config(cfg),
             )
     except BaseException:
         if created:

@@ -1,0 +1,173 @@
+"""Seconds per optimizer step and memory of LoRA against full fine-tuning on a bundled config (SmolLM2 shape).
+
+Each mode runs in its own process (so that its peak RSS is its own), a few steps each, one after the other; modes
+alternate when ``--rounds`` > 1, so a change in the machine's load hits both alike. Per step it records the wall
+time; over the run, the resident set size (RSS, sampled every 10 ms by a thread) at its peak in each phase of a step:
+
+- ``generate``: TRL's ``_generate_single_turn`` (the rollout's ``model.generate``),
+- ``logps``: ``_get_per_token_logps_and_entropies`` (forward to per-token log-probs: the loss's forward, and
+  TRL's old/ref log-probs when it needs them),
+- ``backward``: ``accelerator.backward``,
+- ``optimizer``: ``optimizer.step``,
+
+and the peak over the whole process (``VmHWM``). Run::
+
+    python benchmarks/lora_vs_full.py smollm2-chain-sum --steps 3 --threads 1 --rounds 1
+
+Prints one JSON line per process and a table (mean s/step over the steps after the first, the ratio LoRA / full).
+Absolute times are inflated on a shared machine; the ratio, measured side by side, is the number to quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+
+def _rss_kb(field: str = "VmRSS") -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def child(config: str, mode: str, steps: int, threads: int, lora_r: int, lora_alpha: int, lr: float | None) -> dict:
+    """One run of ``steps`` optimizer steps in this process; returns its timings and memory by phase."""
+    import torch
+    from transformers import TrainerCallback
+
+    from apo.cli import config as cfglib
+    from apo.cli.run import load_run_inputs
+    from apo.integrations.trl.trainer import APOTrainer
+
+    torch.set_num_threads(threads)
+    out = tempfile.mkdtemp(prefix="apo-bench-")
+    overrides = dict(
+        max_steps=steps, eval_before_after=False, save_strategy="no", output_dir=out, torch_threads=threads
+    )
+    if lr is not None:
+        overrides["learning_rate"] = lr
+    cfg = cfglib.resolve(config, overrides)
+    reward_fn, model, tokenizer, train_ds, _ = load_run_inputs(cfg)
+    peft_config = None
+    if mode == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.05, target_modules="all-linear"
+        )
+
+    phase = ["load"]
+    peaks: dict[str, int] = {}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            rss = _rss_kb()
+            peaks[phase[0]] = max(peaks.get(phase[0], 0), rss)
+            time.sleep(0.01)
+
+    threading.Thread(target=sample, daemon=True).start()
+    step_times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            step_times.append(time.perf_counter() - self.t)
+
+    trainer = APOTrainer(
+        model=model,
+        reward_funcs=[reward_fn],
+        args=cfg,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[Timer()],
+    )
+
+    def tagged(obj, name, tag):
+        inner = getattr(obj, name)
+
+        def wrapper(*a, **kw):
+            before = phase[0]
+            phase[0] = tag
+            try:
+                return inner(*a, **kw)
+            finally:
+                phase[0] = before
+
+        setattr(obj, name, wrapper)
+
+    tagged(trainer, "_generate_single_turn", "generate")
+    tagged(trainer, "_get_per_token_logps_and_entropies", "logps")
+    tagged(trainer.accelerator, "backward", "backward")
+    phase[0] = "other"
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    trainer.create_optimizer()
+    tagged(trainer.optimizer, "step", "optimizer")
+    trainer.train()
+    stop.set()
+    return {
+        "mode": mode,
+        "threads": threads,
+        "steps": steps,
+        "step_s": step_times,
+        "trainable_params": trainable,
+        "peak_rss_gb": _rss_kb("VmHWM") / 2**20,
+        "phase_peak_rss_gb": {k: v / 2**20 for k, v in peaks.items()},
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config", nargs="?", default="smollm2-chain-sum")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--modes", default="full,lora")
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="learning_rate (default: the config's)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        print("RESULT " + json.dumps(child(a.config, a.child, a.steps, a.threads, a.lora_r, a.lora_alpha, a.lr)))
+        return
+    results = []
+    for _ in range(a.rounds):
+        for mode in a.modes.split(","):
+            cmd = [sys.executable, __file__, a.config, "--child", mode, "--steps", str(a.steps)]
+            cmd += ["--threads", str(a.threads), "--lora-r", str(a.lora_r), "--lora-alpha", str(a.lora_alpha)]
+            if a.lr is not None:
+                cmd += ["--lr", str(a.lr)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if not line:
+                sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+            results.append(json.loads(line[0][len("RESULT ") :]))
+            print(json.dumps(results[-1]), flush=True)
+    mean = {}
+    for r in results:
+        later = r["step_s"][1:] or r["step_s"]
+        mean.setdefault(r["mode"], []).extend(later)
+    print("| mode | s/step (steps after the first) | peak RSS GB | trainable params |")
+    print("|---|---|---|---|")
+    for r in results:
+        later = r["step_s"][1:] or r["step_s"]
+        print(f"| {r['mode']} | {sum(later) / len(later):.1f} | {r['peak_rss_gb']:.2f} | {r['trainable_params']:,} |")
+    if "full" in mean and "lora" in mean:
+        ratio = (sum(mean["lora"]) / len(mean["lora"])) / (sum(mean["full"]) / len(mean["full"]))
+        print(f"LoRA / full seconds per step: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
