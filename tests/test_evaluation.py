@@ -129,3 +129,42 @@ def test_eval_reports_pass_at_k_entropy_and_distinct_answers(capsys, tmp_path):
     assert all(a <= b + 1e-12 for a, b in zip(passes.values(), list(passes.values())[1:], strict=False))
     assert 1.0 <= result["distinct_answers"] <= 4.0
     assert 0.0 < result["token_entropy"] < math.log(19)  # the tiny model's 19-symbol vocabulary
+
+
+def _fake_eval(passes, distinct, entropy, ci=None):
+    result = {"reward": passes["1"], "pass_at_k": passes, "distinct_answers": distinct, "token_entropy": entropy}
+    result |= {"pass_at_k_ci95": ci or dict.fromkeys(passes, 0.05), "distinct_answers_ci95": 0.1}
+    result |= {"token_entropy_ci95": 0.01}
+    return result
+
+
+def test_coverage_table_and_pass_at_k_plot_of_synthetic_runs(tmp_path):
+    from apo.cli import plots
+
+    before = {"1": 0.3, "2": 0.5, "4": 0.7}
+    for seed, (p1, p4) in enumerate([(0.5, 0.7), (0.6, 0.8), (0.7, 0.9)]):
+        d = tmp_path / f"grpo-seed{seed}"
+        (d / "eval_before.json").parent.mkdir(parents=True, exist_ok=True)
+        (d / "eval_before.json").write_text(json.dumps(_fake_eval(before, 3.0, 1.0)))
+        after = _fake_eval({"1": p1, "2": p1, "4": p4}, 1.0 + seed, 0.5)
+        (d / "eval_after.json").write_text(json.dumps(after))
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": p1, "entropy": 0.5}) + "\n")
+    d = tmp_path / "adpo-seed0"  # one run: the interval is its own, over prompts
+    (d / "eval_before.json").parent.mkdir(parents=True)
+    (d / "eval_before.json").write_text(json.dumps(_fake_eval(before, 3.0, 1.0)))
+    (d / "eval_after.json").write_text(json.dumps(_fake_eval({"1": 0.4, "2": 0.6, "4": 0.8}, 2.5, 0.9)))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.4, "entropy": 0.9}) + "\n")
+    plots.write_comparison([tmp_path], tmp_path / "out")
+    table = json.loads((tmp_path / "out" / "coverage.json").read_text())
+    g = table["grpo"]
+    assert g["runs"] == 3 and g["over"] == "seeds" and g["ks"] == ["1", "2", "4"]
+    # pass@1 after: 0.5, 0.6, 0.7 -> mean 0.6, s = 0.1, half-width t_{0.975,2} * 0.1 / sqrt(3) = 4.3027 * 0.057735
+    assert g["pass_at_1_after"] == pytest.approx([0.6, 0.24841], abs=1e-5)
+    assert g["pass_at_max_after"][0] == pytest.approx(0.8)
+    assert g["distinct_answers_after"][0] == pytest.approx(2.0)  # 1, 2, 3
+    assert g["pass_at_1_before"] == pytest.approx([0.3, 0.0])
+    a = table["adpo"]
+    assert a["over"] == "prompts" and a["pass_at_1_after"] == [0.4, 0.05] and a["token_entropy_after"] == [0.9, 0.01]
+    md = (tmp_path / "out" / "coverage.md").read_text()
+    assert "| grpo | 3 | seeds | 0.300 ± 0.000 → 0.600 ± 0.248 |" in md
+    assert (tmp_path / "out" / "passk.png").stat().st_size > 1000

@@ -6,7 +6,8 @@ A run directory holds::
     metrics.jsonl        one JSON line per optimizer step: every logged metric, with `step`, `reward`, `apo/alpha`,
                          and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
     eval_before.json     held-out mean reward of the starting policy, its 95% interval over prompts and the
-                         per-prompt mean rewards (same prompts and seed as eval_after.json)
+                         per-prompt mean rewards, pass@k for k = 1..eval_samples, distinct answers per prompt and
+                         token entropy, each with its interval over prompts (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
     curves.png           reward, alpha and ESS per step
     checkpoint-N/        safetensors weights, optimizer, RNG and the alpha-schedule state; a checkpoint folder is
@@ -18,7 +19,8 @@ A run directory holds::
                          prompts (reward_gain_ci95, apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
                          fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
-                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
+                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed),
+                         and pass@k, distinct answers and token entropy before/after (apo.cli.run.coverage_summary);
                          written last, so it marks the run finished (--resume of a finished run then reports it and
                          changes nothing)
 
