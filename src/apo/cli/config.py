@@ -69,7 +69,11 @@ def _run_fields():
         return field(default=default, metadata={"help": help_})
 
     return [
-        ("model", str, f("tiny-arith", "Policy to train: tiny-arith | smollm2 | a local folder | a hub id.")),
+        (
+            "model",
+            str,
+            f("tiny-arith", "Policy to train: tiny-arith | tiny-arith-wrong | smollm2 | a local folder | a hub id."),
+        ),
         (
             "task",
             str,
