@@ -264,6 +264,15 @@ CASES: list[Case] = [
         train("algorithm=cispo", "alpha_schedule=fixed", "loss_type=dapo"),
         "algorithm='cispo' is TRL's loss_type='cispo'",
     ),
+    # evaluation and reward settings of the coverage measures (pass@k, partial credit)
+    Case(
+        "pass@k above the samples drawn",
+        train("eval_samples=4", "pass_at_k=[1,8]"),
+        "config key 'pass_at_k': k=[8] needs 1 <= k <= eval_samples=4",
+    ),
+    value("partial_credit", "1.5", "[0, 1]"),
+    value("alpha_min", "-0.1", "[0, 1]"),
+    value("alpha_max", "2", "[0, 1]"),
 ]
 
 

@@ -112,7 +112,11 @@ def _run_fields():
         return field(default=default, metadata={"help": help_})
 
     return [
-        ("model", str, f("tiny-arith", "Policy to train: tiny-arith | smollm2 | a local folder | a hub id.")),
+        (
+            "model",
+            str,
+            f("tiny-arith", "Policy to train: tiny-arith | tiny-arith-wrong | smollm2 | a local folder | a hub id."),
+        ),
         (
             "task",
             str,
@@ -131,6 +135,11 @@ def _run_fields():
             f(None, "Answer extraction of math/reasoning-gym rewards: boxed | final | auto; None: the reward's."),
         ),
         (
+            "partial_credit",
+            float,
+            f(0.0, "arithmetic reward: most credit for a wrong answer, times its share of digits right; 0: binary."),
+        ),
+        (
             "reward_timeout",
             float | None,
             f(10.0, "Seconds a reward may take per completion (None: no limit)."),
@@ -144,6 +153,11 @@ def _run_fields():
         ("train_size", int | None, f(None, "Training prompts (None: the task's default).")),
         ("eval_size", int, f(200, "Held-out prompts for `apo eval` and the before/after evaluation.")),
         ("eval_samples", int, f(4, "Completions sampled per held-out prompt in evaluation.")),
+        (
+            "pass_at_k",
+            list[int],
+            f([], "k of the pass@k reported in evaluation, each <= eval_samples; []: every k in 1..eval_samples."),
+        ),
         ("eval_seed", int, f(1234, "Seed of the evaluation draw and sampling (the same before and after training).")),
         ("eval_batch_size", int, f(64, "Prompts per generation batch in evaluation.")),
         ("eval_before_after", bool, f(True, "Evaluate the policy before and after training and record both.")),
@@ -169,6 +183,7 @@ def _lora_fields():
 
 
 _RUN_FIELD_NAMES = tuple(name for name, _, _ in _run_fields())
+_RUN_DEFAULTS = tuple((name, f.default) for name, _, f in _run_fields() if f.default is not dataclasses.MISSING)
 
 # --- Ranges ------------------------------------------------------------------------------------------------------
 # Every numeric field of RunConfig has a line here (key -> allowed range) or in UNCONSTRAINED (with the reason);
@@ -266,6 +281,7 @@ RANGES: dict[str, str] = {
     "weight_clip_max": ">= 1",
     # run settings
     "reward_timeout": "> 0",  # None: no time limit
+    "partial_credit": "[0, 1]",  # a wrong answer must score below a right one (1.0)
     "train_size": ">= 1",  # None: the task's default
     "eval_size": ">= 1",  # eval_before_after=false turns the evaluation off
     "eval_samples": ">= 1",
@@ -281,6 +297,7 @@ RANGES: dict[str, str] = {
 
 UNCONSTRAINED: dict[str, str] = {
     "reward_weights": "a list of real weights, one per reward function; TRL checks its length",
+    "pass_at_k": "a list of k, each checked against eval_samples by check_pass_at_k",
 }
 """Numeric keys deliberately without a range, with the reason."""
 
@@ -599,8 +616,24 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
     _check_lora(values)
     check_paths(values)
     check_settings(values)
+    check_pass_at_k(values)
     cpu_fallback(values)
     return values
+
+
+def check_pass_at_k(values: dict[str, Any]) -> None:
+    """Every ``k`` of ``pass_at_k`` must be in ``1..eval_samples`` (pass@k needs at least k samples per prompt).
+
+    Raises:
+        ConfigError: ``config key 'pass_at_k': k=[8] needs 1 <= k <= eval_samples=4; ...``.
+    """
+    from apo.tasks.evaluation import eval_pass_ks
+
+    samples = values.get("eval_samples", dict(_RUN_DEFAULTS)["eval_samples"])
+    try:
+        eval_pass_ks(samples, values.get("pass_at_k"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_lora(values: dict[str, Any]) -> None:

@@ -537,7 +537,8 @@ def write_comparison(
     window: int = SMOOTH_WINDOW,
     threshold: float = REWARD_THRESHOLD,
 ) -> Path:
-    """``curves.png``, ``alpha.png``, ``table.md`` and ``table.json`` for the runs in ``paths`` (see
+    """``curves.png``, ``alpha.png``, ``table.md``, ``table.json`` and the coverage files of
+    :func:`apo.cli.coverage.write_coverage` (``passk.png``, ``coverage.md``) for the runs in ``paths`` (see
     :func:`find_runs`), written to ``out_dir`` (default: the runs' common parent folder); returns that folder."""
     runs = find_runs(paths)
     out = Path(out_dir) if out_dir else Path(os.path.commonpath([str(r.resolve().parent) for r in runs]))
@@ -550,4 +551,7 @@ def write_comparison(
     plot_alpha_curves(groups, out / "alpha.png", window=window)
     for key in swept_keys(list(groups)):
         plot_sweep(table, key, out / f"sweep-{key}.png")
+    from apo.cli.coverage import write_coverage
+
+    write_coverage(groups, out)  # passk.png, coverage.md, coverage.json (runs that record pass@k)
     return out

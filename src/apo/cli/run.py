@@ -6,7 +6,8 @@ A run directory holds::
     metrics.jsonl        one JSON line per optimizer step: every logged metric, with `step`, `reward`, `apo/alpha`,
                          and `wall_time_s`, the run's seconds so far (after a resume: those of the kept steps too)
     eval_before.json     held-out mean reward of the starting policy, its 95% interval over prompts and the
-                         per-prompt mean rewards (same prompts and seed as eval_after.json)
+                         per-prompt mean rewards, pass@k for k = 1..eval_samples, distinct answers per prompt and
+                         token entropy, each with its interval over prompts (same prompts and seed as eval_after.json)
     eval_after.json      ... of the trained policy
     curves.png           reward, alpha and ESS per step
     checkpoint-N/        safetensors weights (with use_peft: the LoRA adapter only), optimizer, RNG and the
@@ -23,7 +24,8 @@ A run directory holds::
                          apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
                          fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
-                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
+                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed),
+                         and pass@k, distinct answers and token entropy before/after (apo.cli.run.coverage_summary);
                          written last, so it marks the run finished (--resume of a finished run then reports it and
                          changes nothing)
 
@@ -140,7 +142,11 @@ def load_reward_fn(cfg):
     from apo.tasks.datasets import default_reward
     from apo.tasks.rewards import load_reward, safe_reward
 
-    fn = load_reward(cfg.reward or default_reward(cfg.task), answer_format=cfg.answer_format)
+    fn = load_reward(
+        cfg.reward or default_reward(cfg.task),
+        answer_format=cfg.answer_format,
+        partial_credit=cfg.partial_credit or None,  # 0: the reward's binary default, any reward
+    )
     # The whole batch in one call (TRL's contract: a reward may depend on its batch), bounded per call.
     return safe_reward(fn, timeout_s=cfg.reward_timeout, per_completion=False)
 
@@ -190,6 +196,8 @@ def evaluate(
     batch_size: int = 64,
     chat_template_kwargs: dict | None = None,
     truncated_completions: str = "zero",
+    pass_ks: list[int] | None = None,
+    answer_format: str | None = None,
 ) -> dict[str, Any]:
     """Mean reward of ``samples`` sampled completions per prompt of ``dataset`` (TRL's prompt handling, through
     :func:`apo.tasks.datasets.render_prompts`: chat template with ``chat_template_kwargs`` for conversational prompts,
@@ -200,8 +208,22 @@ def evaluate(
     Returns ``{"reward": mean, "reward_ci95": half-width of the 95% t-interval of the mean over prompts (the
     per-prompt mean rewards are the units: samples of one prompt are not independent), "pass_at_least_one": fraction
     of prompts with a positive reward, "clipped_ratio": fraction of truncated completions, "prompts": n, "samples":
-    samples, "prompt_rewards": the n per-prompt mean rewards, in dataset order}``.
+    samples, "prompt_rewards": the n per-prompt mean rewards, in dataset order}``, and the coverage measures of
+    :mod:`apo.tasks.evaluation`, each a mean over prompts with its 95% t half-width over prompts: ``"pass_at_k"``
+    and ``"pass_at_k_ci95"`` (``{"k": value}`` for every k of ``pass_ks``, default ``1..samples``; unbiased
+    estimator, a sample is correct at full credit), ``"distinct_answers"`` (distinct answers among a prompt's
+    samples, extracted with ``answer_format``), ``"token_entropy"`` (mean entropy in nats of the sampling
+    distribution over a completion's tokens).
     """
+    from apo.tasks.evaluation import (
+        distinct_answers,
+        eval_pass_ks,
+        mean_token_entropy,
+        pass_at_k_per_prompt,
+        token_entropy_recorder,
+    )
+
+    ks = eval_pass_ks(samples, pass_ks)
     import torch
 
     from apo.tasks.datasets import render_prompts
@@ -213,6 +235,8 @@ def evaluate(
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
     rewards: list[float] = []
+    texts: list[str] = []
+    entropies: list[float] = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
     device = next(model.parameters()).device
     for start in range(0, len(rows), batch_size):
@@ -222,6 +246,7 @@ def evaluate(
         enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special)
         enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        recorder = token_entropy_recorder(temperature)
         with torch.no_grad():
             out = model.generate(
                 **enc,
@@ -232,10 +257,13 @@ def evaluate(
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=samples,
                 pad_token_id=tokenizer.pad_token_id,
+                logits_processor=[recorder],
             )
         completion_ids = out[:, enc["input_ids"].shape[1] :]
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         cut = [ids.numel() > 0 and int(ids[-1]) not in eos_and_pad for ids in completion_ids]
+        entropies.extend(mean_token_entropy(recorder.entropies_BT(), _completion_lengths(completion_ids, eos_and_pad)))
+        texts.extend(completions)
         columns = {k: [r[k] for r in batch for _ in range(samples)] for k in batch[0] if k != "prompt"}
         scores = reward_fn(prompts=[p for p in prompts for _ in range(samples)], completions=completions, **columns)
         scores = [0.0 if s is None or not math.isfinite(s) else float(s) for s in scores]
@@ -249,6 +277,9 @@ def evaluate(
 
     per_prompt = [rewards[i * samples : (i + 1) * samples] for i in range(len(rows))]
     prompt_rewards = [sum(scores) / samples for scores in per_prompt]
+    passes = pass_at_k_per_prompt(per_prompt, ks)
+    distinct = distinct_answers([texts[i * samples : (i + 1) * samples] for i in range(len(rows))], answer_format)
+    prompt_entropy = [sum(entropies[i * samples : (i + 1) * samples]) / samples for i in range(len(rows))]
     return {
         "reward": sum(rewards) / max(1, len(rewards)),
         "reward_ci95": nan_to_none(mean_ci(prompt_rewards)[1]),
@@ -257,7 +288,23 @@ def evaluate(
         "prompts": len(rows),
         "samples": samples,
         "prompt_rewards": prompt_rewards,
+        "pass_at_k": {str(k): nan_to_none(mean_ci(v)[0]) for k, v in passes.items()},
+        "pass_at_k_ci95": {str(k): nan_to_none(mean_ci(v)[1]) for k, v in passes.items()},
+        "distinct_answers": nan_to_none(mean_ci(distinct)[0]),
+        "distinct_answers_ci95": nan_to_none(mean_ci(distinct)[1]),
+        "token_entropy": nan_to_none(mean_ci(prompt_entropy)[0]),
+        "token_entropy_ci95": nan_to_none(mean_ci(prompt_entropy)[1]),
     }
+
+
+def _completion_lengths(completion_ids, eos_and_pad: set) -> list[int]:
+    """``[B]``: tokens of each completion row up to and including its first EOS or pad (all of them when it has
+    none): the steps whose sampling distribution produced the completion."""
+    lengths = []
+    for ids in completion_ids.tolist():
+        stop = next((i for i, t in enumerate(ids) if t in eos_and_pad), None)
+        lengths.append(len(ids) if stop is None else stop + 1)
+    return lengths
 
 
 def reward_gain(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +335,29 @@ def eval_kwargs(cfg) -> dict[str, Any]:
         batch_size=cfg.eval_batch_size,
         chat_template_kwargs=chat_kwargs,
         truncated_completions=cfg.truncated_completions,
+        pass_ks=cfg.pass_at_k,
+        answer_format=_answer_format(cfg),
     )
+
+
+def _answer_format(cfg) -> str | None:
+    """How :func:`evaluate` reads an answer to count distinct ones: the config's ``answer_format``, else the first
+    number for the ``arithmetic`` reward (its own rule) and ``auto`` for the others."""
+    from apo.tasks.datasets import default_reward
+
+    if cfg.answer_format is not None:
+        return cfg.answer_format
+    return None if (cfg.reward or default_reward(cfg.task)) == "arithmetic" else "auto"
+
+
+def coverage_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The coverage measures of two :func:`evaluate` results for ``summary.json``: ``pass_at_k_before`` /
+    ``_after`` (``{"k": value}``), ``token_entropy_before`` / ``_after``, ``distinct_answers_before`` / ``_after``
+    (None where an older result lacks them)."""
+    out: dict[str, Any] = {}
+    for key in ("pass_at_k", "token_entropy", "distinct_answers"):
+        out[f"{key}_before"], out[f"{key}_after"] = before.get(key), after.get(key)
+    return out
 
 
 def clipped_ratio_summary(rows: list[dict]) -> dict[str, float]:
@@ -671,6 +740,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             **reward_gain(before, after),
             eval_clipped_ratio_before=before.get("clipped_ratio"),
             eval_clipped_ratio_after=after["clipped_ratio"],
+            **coverage_summary(before, after),
         )
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))

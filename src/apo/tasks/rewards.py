@@ -7,7 +7,8 @@ both are accepted. Dataset columns arrive as keyword lists with one entry per co
 ``log_metric``.
 
 - ``arithmetic_reward``: 1.0 when the first number of the completion equals the integer ``answer`` (``122.9`` is not
-  122), else 0.0. Plain Python on the text, linear in its length: no time limit needed.
+  122), else 0.0, or with ``partial_credit = c > 0`` a wrong integer answer scores ``c`` times its fraction of digits
+  right (:func:`digits_right`). Plain Python on the text, linear in its length: no time limit needed.
 - ``math_reward``: 1.0 when the extracted answer (``answer_format``: ``boxed | final | auto``; :mod:`.grading`) is
   equivalent to the gold answer, else 0.0. A restated question, an unclosed ``<think>``, an empty gold answer and an
   answer too large to verify score 0.0.
@@ -72,8 +73,10 @@ __all__ = [
     "REWARDS",
     "SafeReward",
     "arithmetic_reward",
+    "check_partial_credit",
     "check_reward_signature",
     "completion_text",
+    "digits_right",
     "extract_answer",
     "extract_free_answer",
     "first_integer",
@@ -110,10 +113,44 @@ def _warn(name: str, n: int, zeros: dict[str, list[int]]) -> None:
         logger.warning("%s: %d/%d completions scored 0.0 (%s)", name, sum(map(len, zeros.values())), n, detail)
 
 
+def digits_right(pred: int, gold: int) -> float:
+    """Fraction of digits right, aligned at the units digit: ``#{i : d_i(pred) = d_i(gold)} / max(len(pred),
+    len(gold))`` over the decimal digits ``d_i`` counted from the right, of ``|pred|`` and ``|gold|``; 0.0 when the
+    signs differ. In [0, 1], 1.0 exactly when ``pred == gold``. ``digits_right(85, 95) = 1/2`` (a dropped carry),
+    ``digits_right(95, 195) = 2/3``, ``digits_right(5, 95) = 1/2``."""
+    if (pred < 0) != (gold < 0):
+        return 0.0
+    a, b = str(abs(pred))[::-1], str(abs(gold))[::-1]
+    return sum(x == y for x, y in zip(a, b, strict=False)) / max(len(a), len(b))
+
+
+def check_partial_credit(partial_credit: float) -> float:
+    """``partial_credit`` as a float, checked to be in [0, 1] (a wrong answer must not outscore a right one).
+
+    Raises:
+        ValueError: ``partial_credit=1.5: must be in [0, 1] ...``, naming the config key.
+    """
+    value = float(partial_credit)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"partial_credit={partial_credit!r}: must be in [0, 1] (the most a wrong answer scores; a right one "
+            "scores 1); set config key partial_credit"
+        )
+    return value
+
+
 def arithmetic_reward(
-    completions: list, answer: list | None = None, *, answer_format: str | None = None, **columns
+    completions: list,
+    answer: list | None = None,
+    *,
+    answer_format: str | None = None,
+    partial_credit: float = 0.0,
+    **columns,
 ) -> list[float]:
-    """1.0 where the answer of a completion equals the integer in the ``answer`` column, else 0.0.
+    """1.0 where the answer of a completion equals the integer in the ``answer`` column, else 0.0; with
+    ``partial_credit = c > 0``, a wrong answer that is an integer scores ``c * digits_right(pred, gold)`` (in
+    ``[0, c]``; non-integers, missing and too-large answers score 0.0), so the reward of a group has many levels
+    instead of two. A right answer still scores 1.0 and every wrong one at most ``c``.
 
     The answer is the first number of the completion (``answer_format=None``, the tiny model's format: it answers
     first; repeating ``37+58=`` reads 37), or ``extract_answer(text, answer_format)``. Numbers compare exactly:
@@ -124,12 +161,14 @@ def arithmetic_reward(
         completions: N strings or N conversational completions.
         answer: N answer strings (``"95"``); required.
         answer_format: None (first number) or one of ``ANSWER_FORMATS``.
+        partial_credit: most credit for a wrong answer, in [0, 1]; 0.0 (default) gives the binary reward.
 
     Raises:
         ValueError: no ``answer`` column, a length mismatch, an answer that is not an integer, a bad
-            ``answer_format``.
+            ``answer_format``, ``partial_credit`` outside [0, 1].
     """
     check_answer_format(answer_format)
+    partial_credit = check_partial_credit(partial_credit)
     answers = _columns("answer", {"answer": answer, **columns}, len(completions))
     out, zeros = [], {}
     for i, (completion, gold) in enumerate(zip(completions, answers, strict=True)):
@@ -146,7 +185,12 @@ def arithmetic_reward(
             out.append(0.0)
             continue
         value = None if pred is None else parse_number(pred)
-        out.append(1.0 if value is not None and value == gold_int else 0.0)
+        if value is not None and value == gold_int:
+            out.append(1.0)
+        elif partial_credit > 0.0 and value is not None and value.denominator == 1:
+            out.append(partial_credit * digits_right(int(value), gold_int))
+        else:
+            out.append(0.0)
     _warn("arithmetic_reward", len(completions), zeros)
     return out
 
@@ -356,14 +400,16 @@ def load_reward(
     answer_format: str | None = None,
     timeout_s: float | None = None,
     columns: list[str] | None = None,
+    partial_credit: float | None = None,
 ) -> RewardFn:
     """A reward function from a registered name (``"arithmetic"``, ``"math"``, ``"reasoning-gym"``), an import path
     ``"package.module:function"``, or a callable, checked against TRL's calling convention
     (``check_reward_signature``).
 
-    ``answer_format`` and ``timeout_s``, when given, are bound into the reward (a ``functools.partial`` that keeps
-    the reward's ``__name__``); the reward must take them as keywords (the shipped ``math`` and ``reasoning-gym`` take
-    both, ``arithmetic`` takes ``answer_format``). Without them a registered reward is returned as is.
+    ``answer_format``, ``timeout_s`` and ``partial_credit``, when given, are bound into the reward (a
+    ``functools.partial`` that keeps the reward's ``__name__``); the reward must take them as keywords (the shipped
+    ``math`` and ``reasoning-gym`` take the first two, ``arithmetic`` takes ``answer_format`` and
+    ``partial_credit``). Without them a registered reward is returned as is.
 
     Raises:
         ValueError (one line, naming the reward or the setting): an unknown name (the message lists the valid names),
@@ -393,7 +439,8 @@ def load_reward(
             f"reward={spec!r}: unknown name; valid names are {sorted(REWARDS)} or 'package.module:function'"
         )
     check_reward_signature(fn, name, columns)
-    options = {k: v for k, v in (("answer_format", answer_format), ("timeout_s", timeout_s)) if v is not None}
+    given = (("answer_format", answer_format), ("timeout_s", timeout_s), ("partial_credit", partial_credit))
+    options = {k: v for k, v in given if v is not None}
     if not options:
         return fn
     try:
@@ -407,4 +454,6 @@ def load_reward(
             )
     if "timeout_s" in options:
         _timeout(options["timeout_s"])
+    if "partial_credit" in options:
+        check_partial_credit(options["partial_credit"])
     return functools.update_wrapper(functools.partial(fn, **options), fn)
