@@ -149,11 +149,27 @@ _PLAIN_RE = re.compile(r"\d+(?:\.\d+)?")
 _SEPARATOR_RE = re.compile(r"\\!|\{,\}|(?<=\d)\\,(?=\d{3})")
 
 
+_DECIMAL_COMMA_RE = re.compile(r"(\d+),(\d+)")
+
+
+def _decimal_comma(tok: str) -> bool:
+    """Whether ``tok`` (digits and one comma) is a number written with a decimal comma: ``0,111``, ``2,74``,
+    ``1000,99`` (a zero or four and more digits before the comma, or exactly two after it); ``1,234`` (thousands) and
+    ``1,2`` (two numbers) are not."""
+    m = _DECIMAL_COMMA_RE.fullmatch(tok)
+    if not m:
+        return False
+    before, after = m.groups()
+    return before == "0" or (len(after) != 3 and (len(before) >= 4 or len(after) == 2))
+
+
 def _split_token(tok: str) -> list[str]:
     """A run of digits, commas and dots as the numbers it holds: ``"1,234.5"`` -> ``["1234.5"]``, ``"1,2,3"`` ->
     ``["1", "2", "3"]``, ``"36."`` -> ``["36"]``."""
     tok = tok.rstrip(",.")
     if "," in tok:
+        if _decimal_comma(tok):
+            return [tok.replace(",", ".")]
         if _THOUSANDS_RE.fullmatch(tok):
             return [tok.replace(",", "")]
         return [x for part in tok.split(",") if part for x in _split_token(part)]
@@ -165,6 +181,11 @@ def _split_token(tok: str) -> list[str]:
 def _numbers(text: str) -> list[tuple[int, str]]:
     """``(position, number)`` for every number of ``text``, in order; numbers as strings (``"-12.5"``, ``"3/4"``,
     ``"\\frac{1}{2}"``, ``"2\\frac{1}{2}"``). A ``-`` counts as a sign unless it follows a digit, letter or ``)``."""
+    return [(a, s) for a, _, s in _number_spans(text)]
+
+
+def _number_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, number)`` for every number of ``text`` (``_numbers``), the span including its sign."""
     out: list[tuple[int, int, str]] = []  # (start, end, number)
     for m in _NUMBER_SCAN_RE.finditer(text):
         start = m.start()
@@ -188,7 +209,7 @@ def _numbers(text: str) -> list[tuple[int, str]]:
         for k, part in enumerate(parts):
             s = (sign if k == 0 else "") + part + (frac if k == len(parts) - 1 else "")
             out.append((start - (len(sign) if k == 0 else 0), m.end(), s))
-    return [(a, s) for a, _, s in out]
+    return out
 
 
 def first_integer(text: str) -> int | None:
@@ -544,7 +565,9 @@ def parse_number(expr: str) -> Fraction | None:
     neg, whole, fn, fd, fn1, fd1, dec, den = m.groups()
     try:
         if dec is not None:
-            if "," in dec and not _THOUSANDS_RE.fullmatch(dec):
+            if _decimal_comma(dec):
+                dec = dec.replace(",", ".")
+            elif "," in dec and not _THOUSANDS_RE.fullmatch(dec):
                 return None
             value = Fraction(dec.replace(",", ""))
             if den is not None:
@@ -573,6 +596,7 @@ _RELATION_RE = re.compile(
 """A relation or several candidates in the value of an answer (``3 \\pm 1``, ``3 \\lor 4``, ``x \\le 3``, a line
 break); on the left of ``=`` it is work (``|z| = 5``, ``P(X \\le 2) = 0.5``)."""
 _UNIT_TEXT_RE = re.compile(r"(?:\\(?:text\w*|math\w*|mbox)\s*\{[^{}\d]*\}|\{\\rm[^{}\d]*\})(?:\^\{?-?\d\}?)?")
+_TEXT_NUMBER_RE = re.compile(r"\\(?:text\w*|math\w*|mbox|boldsymbol)\s*\{([^{}\d]*\d[^{}]*)\}")
 _UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?-?\d\}?")
 _MIXED_SPACE_RE = re.compile(r"(\d+)\s+(\d+)/(\d+)")
 _DIGIT_SPACE_RE = re.compile(r"(?<=\d),\s+(?=\d)|(?<=\d)\s+(?=\d)(?!\d{3}(?!\d))")
@@ -621,6 +645,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     if _NEGATION_RE.search(s):
         return None, "a relation or several candidates"
     s = _DETACHED_MINUS_RE.sub(r"\1-", s)  # -{4}, -\$4, -(4) -> {-4}, \$-4, (-4)
+    s = _TEXT_NUMBER_RE.sub(r"\1", s)  # \textbf{5}, \text{5 cm}: the number is the content
     s = _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub(";", s))  # a unit separates: 1 \text{ or } 8 is not 18
     s = _SEPARATOR_RE.sub("", _DEGREE_RE.sub("", _BASE10_RE.sub("", _PMOD_RE.sub("", s))))
     s = _OVER_RE.sub(r"\\frac{\1}{\2}", _BARE_DECIMAL_RE.sub(r"0.", s))  # .5 -> 0.5
@@ -634,17 +659,59 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     if m:
         value = (-1 if m.group(1) else 1) * Fraction(m.group(2) or 1) * Fraction(10) ** int(m.group(3))
     else:
-        numbers = _numbers(s)
+        numbers = _number_spans(s)
         if len(numbers) > 1:
             return None, "several numbers"
         if not numbers:
             return None, None
-        if _unreduced(numbers[0][1]):
+        start, end, number = numbers[0]
+        if _joined(s, start, end):
+            return None, "a number joined to letters or symbols"
+        if _unreduced(number):
             return None, "a fraction not in lowest terms"
-        value = parse_number(numbers[0][1])
+        value = parse_number(number)
     if any(v is not None and v != value for v in map(parse_number, sides)):
         return None, "an equation between different numbers"
     return value, None
+
+
+_MACRO_RE = re.compile(r"\\([A-Za-z]+)")
+_WORDS_MACROS = frozenset({"quad", "qquad", "circ", "degree", "textdegree", "dollar", "euro", "pounds", "cent"})
+"""Macros that may stand around a stated number: spacing, degrees and currency; any other macro left in the answer
+(``\\pi``, ``\\frac{x}{4}``, ``\\sqrt``, ``\\alpha``, ``\\infty``) makes the number part of an expression."""
+_OPERATOR_CHARS = frozenset("+-*/^_×÷·⋅−")
+_UNIT_LETTERS = frozenset({"m", "g", "s", "h", "L", "l", "K"})
+"""Single letters read as units right after a number (``5m``, ``3 g``, ``2h``); any other single letter there is a
+variable (``4x``, ``3 + i``, ``2n``)."""
+
+
+def _joined(s: str, start: int, end: int) -> bool:
+    r"""Whether the one number ``s[start:end]`` of a normalized answer (no spaces) is joined to letters or symbols by
+    an operation or juxtaposition, so that the answer is an expression, not the number: a macro other than spacing,
+    degrees or currency anywhere in the answer (``3\pi``, ``rac{x}{4}``, ``4\sqrt{x}``), an operator right before
+    or after the number (``x-4``, ``x^{4}``, ``3+i``, ``4/n``, ``4_b``), a bracket opening right after it (``4(x+1)``),
+    or a single letter right after it that is not a unit (``4x^2``, ``AZYUK2A``, ``3i``), or right before it
+    (``x4``). Words and units stay: ``5cm``, ``12m`` (from ``12 m^2``), ``5apples``, ``\$5``, ``5\%``. Linear."""
+    rest = s[:start] + " " + s[end:]
+    if any(m.group(1) not in _WORDS_MACROS for m in _MACRO_RE.finditer(rest)):
+        return True
+    i = start - 1
+    while i >= 0 and s[i] in "{([$":
+        i -= 1
+    if i >= 0 and (s[i] in _OPERATOR_CHARS or (s[i].isalpha() and (i == 0 or not s[i - 1].isalpha()))):
+        return True  # x-4, x^{4}, x4 (a single letter right before)
+    j = end
+    while j < len(s) and s[j] in "})]":
+        j += 1
+    if j < len(s) and (s[j] in _OPERATOR_CHARS or s[j] in "([" or (j > end and s[j] == "{")):
+        return True
+    if j < len(s) and s[j].isalpha():
+        k = j
+        while k < len(s) and s[k].isalpha():
+            k += 1
+        if k - j == 1 and s[j] not in _UNIT_LETTERS:
+            return True  # 4x, 3i, AZYUK2A
+    return False
 
 
 def _unreduced(number: str) -> bool:
