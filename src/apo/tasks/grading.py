@@ -306,10 +306,20 @@ def trailing_group(text: str) -> str | None:
 
 # -- final-answer markers ---------------------------------------------------------------------------------------------
 
-_MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
+_MARKER_RE = re.compile(
+    r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)"
+    r"|\b(?:réponse(?:\s+finale)?|reponse|respuesta(?:\s+final)?|resposta|antwort|risposta|ответ)\b\**\s*"
+    r"(?:(?:est|es|é|ist|è)\b\s*:?|:|=)"
+    r"|(?:最终)?答案\s*(?:是|为|為)\s*[:：]?|(?:最终)?答案\s*[:：]",
+    re.IGNORECASE,
+)
+"""A final-answer marker: ``####``, ``answer is``, ``answer:``, ``final answer``, and the same in French, Spanish,
+Portuguese, German, Italian, Russian and Chinese (``Réponse :``, ``la respuesta es``, ``Antwort:``, ``答案：``)."""
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
-_WRAPPERS_RE = re.compile(r"\*\*|\\\(|\\\)|\\\[|\\\]|\\\$|\$")
+_WRAPPERS_RE = re.compile(r"\*\*|\\\(|\\\)|\\\[|\\\]|\\\$|\$|\\?\"")
 _LEADING_NUMBER_RE = re.compile(r"(-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)(?:,?\s+[A-Za-z].*|\s*\(.*)$")
+_LEADING_CHOICE_RE = re.compile(r"\(?([A-H])\)?(?:[.,;:)]\s|[.,;:)]?$)")
+"""A choice letter that opens a marker's answer before words: ``D, it can't be A or B`` -> ``D``."""
 _LEADING_MATH_RE = re.compile(r"[\s:*]*(?:\$\$([^$]+)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\])")
 
 
@@ -373,7 +383,7 @@ def marker_answer(line: str) -> str:
     if boxed is not None:
         return boxed.strip()
     line = _WRAPPERS_RE.sub("", line).strip().strip(":").strip()
-    m = _LEADING_NUMBER_RE.fullmatch(line)
+    m = _LEADING_NUMBER_RE.fullmatch(line) or _LEADING_CHOICE_RE.match(line)
     if m:
         return m.group(1)
     if line.count("=") > 1:  # a chain of steps, "4 - 1 = 3, 3 - 7 = -4": its last value
@@ -384,8 +394,12 @@ def marker_answer(line: str) -> str:
 # -- extraction -------------------------------------------------------------------------------------------------------
 
 
-def extract_answer(text: str, answer_format: str = "auto") -> str | None:
+def extract_answer(text: str, answer_format: str = "auto", gold: str | None = None) -> str | None:
     """The answer of a completion under ``answer_format`` (module docstring), or None when it has none.
+
+    ``gold``, when given, shapes two rules: for a gold with several parts (``several_parts``) the answer in a box is
+    the run of boxes that ends the text (``boxed_run``), and for a gold that is not a plain number the last math span
+    (``last_math``) comes before the last number.
 
     Raises:
         ValueError: an unknown ``answer_format``.
@@ -394,16 +408,151 @@ def extract_answer(text: str, answer_format: str = "auto") -> str | None:
     text = after_thinking(text)
     if text is None:
         return None
+    text = _strip_end_tokens(text)
+    several = gold is not None and several_parts(gold)
     if answer_format == "boxed":
-        return last_boxed(text)
+        return (several and boxed_run(text)) or last_boxed(text)
     marker = _last_marker(text)
     if answer_format == "auto":
         span = _last_boxed_span(text)
         if span is not None and (marker is None or span[0] > marker[0]):
-            return text[span[0] : span[1]]
+            return (several and boxed_run(text)) or text[span[0] : span[1]]
     if marker is not None and marker[1]:
         return marker[1]
-    return trailing_group(text) or last_number(text)
+    found = trailing_group(text) or bare_answer(text)
+    if found is None and gold is not None and parse_number(gold) is None:
+        found = last_math(text)
+    return found or last_number(text)
+
+
+_END_TOKEN_RE = re.compile(r"(?:<\|[A-Za-z_]{1,30}\|>|</s>|<eos>|<end_of_turn>)$")
+"""A chat-template token at the end of a completion (``<|im_end|>``, ``<|endoftext|>``, ``<|eot_id|>``, ``</s>``)."""
+
+
+def _strip_end_tokens(text: str) -> str:
+    """``text`` without the chat-template tokens (``_END_TOKEN_RE``, at most 8) and spaces that end it."""
+    for _ in range(8):
+        stripped = text.rstrip()
+        m = _END_TOKEN_RE.search(stripped[-40:])
+        if m is None:
+            return text
+        text = stripped[: len(stripped) - len(m.group())]
+    return text
+
+
+_MACRO_OR_TEXT_RE = re.compile(r"\\(?:text\w*|mbox|math\w*|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+BARE_ANSWER_CHARS = 200
+"""A completion of at most this many characters, on one line and with no word, is an answer as a whole."""
+
+
+def bare_answer(text: str) -> str | None:
+    """``text`` itself (without ``$``, ``**``, quotes, spaces and a final period) when it is a bare answer, not prose:
+    one line of at most ``BARE_ANSWER_CHARS`` ASCII characters, no box, with no word of two letters or more outside
+    LaTeX commands and
+    ``\\text{}`` (``x^2 + 2*x + 1``, ``\\text{odd}``, ``(r+5)^2``, ``x - 4``), or a single token (``odd``,
+    ``AZYUK2A``); else None."""
+    t = _WRAPPERS_RE.sub("", text).strip().rstrip(".").strip()
+    if not t or len(t) > BARE_ANSWER_CHARS or "\n" in t or not t.isascii() or "\\boxed" in t or "\\fbox" in t:
+        return None
+    if " " not in t or not _WORD_RE.search(_MACRO_OR_TEXT_RE.sub(" ", t)):
+        return t
+    return None
+
+
+_MATH_CLOSERS = (("$$", "$$"), ("\\]", "\\["), ("\\)", "\\("), ("$", "$"))
+
+
+def last_math(text: str) -> str | None:
+    """The content of the last math span of ``text`` (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``) when no
+    digit follows it (``Therefore $x \\geq 5$ is the solution.`` -> ``x \\geq 5``), else None. Used for gold answers
+    that are not plain numbers; a number after the span is the answer of the last-number rule. Linear."""
+    best = None
+    for close, opening in _MATH_CLOSERS:
+        end = text.rfind(close)
+        if end < 0:
+            continue
+        start = text.rfind(opening, 0, end)
+        if start < 0 or (best is not None and end <= best[1]):
+            continue
+        best = (start + len(opening), end, end + len(close))
+    if best is None or any(c.isdigit() for c in text[best[2] :]):
+        return None
+    content = text[best[0] : best[1]].strip()
+    return content if content and len(content) <= MAX_ANSWER_CHARS else None
+
+
+def several_parts(gold: str) -> bool:
+    """Whether ``gold`` has several parts: a comma outside brackets, once a pair of braces around the whole is
+    removed (``1, -2``, ``(1, 2), (2, 1)``, ``\\{1,2,3\\}``, ``k = 45, n = 2``), and it is not a plain number
+    (``1,234``)."""
+    g = normalize(gold).replace("\\{", "{").replace("\\}", "}")
+    if parse_number(g) is not None:
+        return False
+    if g.startswith("{") and g.endswith("}"):
+        g = g[1:-1]
+    depth = 0
+    for c in g:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return True
+    return False
+
+
+_RUN_GAP_CHARS = 80
+"""Characters (no digit, no blank line) that may separate two boxes of one answer (``, ``, ``\\quad \\text{and}``)."""
+_RUN_GAP_WORDS = 4
+"""Words that may separate two boxes of one answer (``and``, ``papers and``, ``for part (a) and``)."""
+
+
+def boxed_run(text: str) -> str | None:
+    """The contents of the boxes that end ``text`` one after another, joined by ``", "``, when there are at least two
+    (``\\boxed{(1, 2)}, \\boxed{(2, 1)}`` -> ``(1, 2), (2, 1)``): the last box and each box before it separated from
+    the next by at most ``_RUN_GAP_CHARS`` characters and ``_RUN_GAP_WORDS`` words, with no digit and no blank line;
+    else None. Linear."""
+    spans = _box_spans(text)
+    if len(spans) < 2:
+        return None
+    run = [spans[-1]]
+    for span in reversed(spans[:-1]):
+        gap = text[span[2] + 1 : run[-1][0]]
+        words = len(_WORD_RE.findall(_MACRO_OR_TEXT_RE.sub(" ", gap))) + gap.count("\\text")
+        if span[2] >= run[-1][0] or len(gap) > _RUN_GAP_CHARS or "\n\n" in gap or any(c.isdigit() for c in gap):
+            break
+        if words > _RUN_GAP_WORDS:
+            break
+        run.append(span)
+    if len(run) < 2:
+        return None
+    return ", ".join(text[a:b].strip() for _, a, b in reversed(run))
+
+
+def _box_spans(text: str) -> list[tuple[int, int, int]]:
+    """``(macro start, content start, content end)`` of every closed box of ``text`` that is inside no other box, in
+    order. One forward pass."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    stack: list[tuple[int, int]] = []  # (macro start, content start) of a box, or (-1, -1) for a plain brace
+    open_boxes = 0
+    out = []
+    for m in _BOX_RE.finditer(text):
+        tok = m.group()
+        if tok == "}":
+            if stack:
+                macro, start = stack.pop()
+                if start >= 0:
+                    open_boxes -= 1
+                    if open_boxes == 0:
+                        out.append((macro, start, m.start()))
+        elif tok == "{":
+            stack.append((-1, -1))
+        else:
+            stack.append((m.start(), m.end()))
+            open_boxes += 1
+    return out
 
 
 def check_answer_format(answer_format: str | None) -> None:
@@ -414,13 +563,14 @@ def check_answer_format(answer_format: str | None) -> None:
 
 def gold_answer(solution: str | None = None, answer: str | None = None) -> str:
     """The reference answer: ``answer`` if given (text after ``####`` for GSM8K style), else the last
-    ``\\boxed{}`` of a MATH-style ``solution`` (else the whole solution). May be empty: graders give it no credit."""
+    ``\\boxed{}`` of a MATH-style ``solution``, or the run of boxes that ends it joined by ``", "`` (``boxed_run``:
+    ``\\boxed{1} and \\boxed{-2}`` -> ``1, -2``), else the whole solution. May be empty: graders give it no credit."""
     if answer is not None:
         answer = str(answer)
         return answer.split("####")[-1].strip()
     if solution is None:
         raise ValueError("math_reward needs a 'solution' or an 'answer' column")
-    boxed = last_boxed(solution)
+    boxed = boxed_run(solution) or last_boxed(solution)
     return (boxed if boxed is not None else solution).strip()
 
 
@@ -536,7 +686,10 @@ _FRACTION_MACROS_RE = re.compile(r"\\(?:[dtcs]|nice)frac(?![A-Za-z])")
 def normalize(expr: str) -> str:
     """``expr`` without LaTeX spacing, ``$``, ``\\left``/``\\right`` and with ``\\dfrac``, ``\\tfrac``, ``\\cfrac``,
     ``\\sfrac``, ``\\nicefrac`` as ``\\frac``."""
-    return _FRACTION_MACROS_RE.sub(r"\\frac", latex(_SPACING_RE.sub("", expr)))
+    expr = _SPACING_RE.sub("", expr)
+    if expr.endswith("\\") and not expr.endswith("\\\\"):
+        expr = expr[:-1]  # a stray backslash that ends the answer
+    return _FRACTION_MACROS_RE.sub(r"\\frac", latex(expr))
 
 
 _SUPERSCRIPTS = str.maketrans({c: f"^{{{d}}}" for d, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
@@ -698,20 +851,26 @@ def _joined(s: str, start: int, end: int) -> bool:
     i = start - 1
     while i >= 0 and s[i] in "{([$":
         i -= 1
-    if i >= 0 and (s[i] in _OPERATOR_CHARS or (s[i].isalpha() and (i == 0 or not s[i - 1].isalpha()))):
-        return True  # x-4, x^{4}, x4 (a single letter right before)
+    if i > 0 or (i == 0 and s[i] != "+"):  # a leading + is a sign: +7
+        if s[i] in _OPERATOR_CHARS or (_is_letter(s[i]) and (i == 0 or not _is_letter(s[i - 1]))):
+            return True  # x-4, x^{4}, x4 (a single letter right before)
     j = end
     while j < len(s) and s[j] in "})]":
         j += 1
     if j < len(s) and (s[j] in _OPERATOR_CHARS or s[j] in "([" or (j > end and s[j] == "{")):
         return True
-    if j < len(s) and s[j].isalpha():
+    if j < len(s) and _is_letter(s[j]):
         k = j
-        while k < len(s) and s[k].isalpha():
+        while k < len(s) and _is_letter(s[k]):
             k += 1
         if k - j == 1 and s[j] not in _UNIT_LETTERS:
             return True  # 4x, 3i, AZYUK2A
     return False
+
+
+def _is_letter(c: str) -> bool:
+    """An ASCII letter (a variable or a unit); other scripts are words around the number (``吨``)."""
+    return c.isascii() and c.isalpha()
 
 
 def _unreduced(number: str) -> bool:
