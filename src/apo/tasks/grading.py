@@ -451,12 +451,14 @@ def bare_answer(text: str) -> str | None:
     one line of at most ``BARE_ANSWER_CHARS`` ASCII characters, no box, with no word of two letters or more outside
     LaTeX commands and
     ``\\text{}`` (``x^2 + 2*x + 1``, ``\\text{odd}``, ``(r+5)^2``, ``x - 4``), or a single token (``odd``,
-    ``AZYUK2A``); else None."""
+    ``AZYUK2A``); the plain number after the last ``=`` of arithmetic (``59 + 63 = 122`` -> ``122``); else None."""
     t = _WRAPPERS_RE.sub("", text).strip().rstrip(".").strip()
     if not t or len(t) > BARE_ANSWER_CHARS or "\n" in t or not t.isascii() or "\\boxed" in t or "\\fbox" in t:
         return None
     if " " not in t or not _WORD_RE.search(_MACRO_OR_TEXT_RE.sub(" ", t)):
-        return t
+        work, _, value = t.rpartition("=")
+        arithmetic = work and not any(_is_letter(c) or c in "<>!" for c in work)
+        return value.strip() if arithmetic and parse_number(value) is not None else t  # 59 + 63 = 122 -> 122
     return None
 
 
