@@ -369,9 +369,9 @@ def _last_marker(text: str) -> tuple[int, str] | None:
 
 def marker_answer(line: str) -> str:
     """The answer in the rest of a final-answer line: the box in its first sentence if any, else that sentence
-    without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow
-    it (``42 apples`` -> 42), or to the value after the last ``=`` of a chain of steps (``4 - 1 = 3, 3 - 7 = -4``
-    -> -4)."""
+    without ``$``, ``**`` and ``\\(...\\)``, shortened (outside a leading math span) to its leading number when words
+    or a parenthesis follow it (``42 apples`` -> 42) or to its leading choice letter (``D, not A`` -> D), or to the
+    value after the last ``=`` of a chain of steps (``4 - 1 = 3, 3 - 7 = -4`` -> -4)."""
     line = line.replace("\\$", "")  # a currency sign, not a math delimiter
     math = _LEADING_MATH_RE.match(line)
     if math:  # "$x^2 - 1$, which factors": the answer is the math span
@@ -383,8 +383,8 @@ def marker_answer(line: str) -> str:
     if boxed is not None:
         return boxed.strip()
     line = _WRAPPERS_RE.sub("", line).strip().strip(":").strip()
-    m = _LEADING_NUMBER_RE.fullmatch(line) or _LEADING_CHOICE_RE.match(line)
-    if m:
+    m = None if math else _LEADING_NUMBER_RE.fullmatch(line) or _LEADING_CHOICE_RE.match(line)
+    if m:  # prose after the answer; a math span is the answer whole ($4 i$, $4(x+1)$)
         return m.group(1)
     if line.count("=") > 1:  # a chain of steps, "4 - 1 = 3, 3 - 7 = -4": its last value
         line = line.rpartition("=")[2]
