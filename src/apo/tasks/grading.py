@@ -149,11 +149,27 @@ _PLAIN_RE = re.compile(r"\d+(?:\.\d+)?")
 _SEPARATOR_RE = re.compile(r"\\!|\{,\}|(?<=\d)\\,(?=\d{3})")
 
 
+_DECIMAL_COMMA_RE = re.compile(r"(\d+),(\d+)")
+
+
+def _decimal_comma(tok: str) -> bool:
+    """Whether ``tok`` (digits and one comma) is a number written with a decimal comma: ``0,111``, ``2,74``,
+    ``1000,99`` (a zero or four and more digits before the comma, or exactly two after it); ``1,234`` (thousands) and
+    ``1,2`` (two numbers) are not."""
+    m = _DECIMAL_COMMA_RE.fullmatch(tok)
+    if not m:
+        return False
+    before, after = m.groups()
+    return before == "0" or (len(after) != 3 and (len(before) >= 4 or len(after) == 2))
+
+
 def _split_token(tok: str) -> list[str]:
     """A run of digits, commas and dots as the numbers it holds: ``"1,234.5"`` -> ``["1234.5"]``, ``"1,2,3"`` ->
     ``["1", "2", "3"]``, ``"36."`` -> ``["36"]``."""
     tok = tok.rstrip(",.")
     if "," in tok:
+        if _decimal_comma(tok):
+            return [tok.replace(",", ".")]
         if _THOUSANDS_RE.fullmatch(tok):
             return [tok.replace(",", "")]
         return [x for part in tok.split(",") if part for x in _split_token(part)]
@@ -165,6 +181,11 @@ def _split_token(tok: str) -> list[str]:
 def _numbers(text: str) -> list[tuple[int, str]]:
     """``(position, number)`` for every number of ``text``, in order; numbers as strings (``"-12.5"``, ``"3/4"``,
     ``"\\frac{1}{2}"``, ``"2\\frac{1}{2}"``). A ``-`` counts as a sign unless it follows a digit, letter or ``)``."""
+    return [(a, s) for a, _, s in _number_spans(text)]
+
+
+def _number_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, number)`` for every number of ``text`` (``_numbers``), the span including its sign."""
     out: list[tuple[int, int, str]] = []  # (start, end, number)
     for m in _NUMBER_SCAN_RE.finditer(text):
         start = m.start()
@@ -188,7 +209,7 @@ def _numbers(text: str) -> list[tuple[int, str]]:
         for k, part in enumerate(parts):
             s = (sign if k == 0 else "") + part + (frac if k == len(parts) - 1 else "")
             out.append((start - (len(sign) if k == 0 else 0), m.end(), s))
-    return [(a, s) for a, _, s in out]
+    return out
 
 
 def first_integer(text: str) -> int | None:
@@ -285,10 +306,20 @@ def trailing_group(text: str) -> str | None:
 
 # -- final-answer markers ---------------------------------------------------------------------------------------------
 
-_MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
+_MARKER_RE = re.compile(
+    r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)"
+    r"|\b(?:réponse(?:\s+finale)?|reponse|respuesta(?:\s+final)?|resposta|antwort|risposta|ответ)\b\**\s*"
+    r"(?:(?:est|es|é|ist|è)\b\s*:?|:|=)"
+    r"|(?:最终)?答案\s*(?:是|为|為)\s*[:：]?|(?:最终)?答案\s*[:：]",
+    re.IGNORECASE,
+)
+"""A final-answer marker: ``####``, ``answer is``, ``answer:``, ``final answer``, and the same in French, Spanish,
+Portuguese, German, Italian, Russian and Chinese (``Réponse :``, ``la respuesta es``, ``Antwort:``, ``答案：``)."""
 _SENTENCE_END_RE = re.compile(r"\.(?=\s|$)")
-_WRAPPERS_RE = re.compile(r"\*\*|\\\(|\\\)|\\\[|\\\]|\\\$|\$")
+_WRAPPERS_RE = re.compile(r"\*\*|\\\(|\\\)|\\\[|\\\]|\\\$|\$|\\?\"")
 _LEADING_NUMBER_RE = re.compile(r"(-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)(?:,?\s+[A-Za-z].*|\s*\(.*)$")
+_LEADING_CHOICE_RE = re.compile(r"\(?([A-H])\)?(?:[.,;:)]\s|[.,;:)]?$)")
+"""A choice letter that opens a marker's answer before words: ``D, it can't be A or B`` -> ``D``."""
 _LEADING_MATH_RE = re.compile(r"[\s:*]*(?:\$\$([^$]+)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\])")
 
 
@@ -338,9 +369,9 @@ def _last_marker(text: str) -> tuple[int, str] | None:
 
 def marker_answer(line: str) -> str:
     """The answer in the rest of a final-answer line: the box in its first sentence if any, else that sentence
-    without ``$``, ``**`` and ``\\(...\\)``, shortened to its leading number when words or a parenthesis follow
-    it (``42 apples`` -> 42), or to the value after the last ``=`` of a chain of steps (``4 - 1 = 3, 3 - 7 = -4``
-    -> -4)."""
+    without ``$``, ``**`` and ``\\(...\\)``, shortened (outside a leading math span) to its leading number when words
+    or a parenthesis follow it (``42 apples`` -> 42) or to its leading choice letter (``D, not A`` -> D), or to the
+    value after the last ``=`` of a chain of steps (``4 - 1 = 3, 3 - 7 = -4`` -> -4)."""
     line = line.replace("\\$", "")  # a currency sign, not a math delimiter
     math = _LEADING_MATH_RE.match(line)
     if math:  # "$x^2 - 1$, which factors": the answer is the math span
@@ -352,8 +383,8 @@ def marker_answer(line: str) -> str:
     if boxed is not None:
         return boxed.strip()
     line = _WRAPPERS_RE.sub("", line).strip().strip(":").strip()
-    m = _LEADING_NUMBER_RE.fullmatch(line)
-    if m:
+    m = None if math else _LEADING_NUMBER_RE.fullmatch(line) or _LEADING_CHOICE_RE.match(line)
+    if m:  # prose after the answer; a math span is the answer whole ($4 i$, $4(x+1)$)
         return m.group(1)
     if line.count("=") > 1:  # a chain of steps, "4 - 1 = 3, 3 - 7 = -4": its last value
         line = line.rpartition("=")[2]
@@ -363,8 +394,12 @@ def marker_answer(line: str) -> str:
 # -- extraction -------------------------------------------------------------------------------------------------------
 
 
-def extract_answer(text: str, answer_format: str = "auto") -> str | None:
+def extract_answer(text: str, answer_format: str = "auto", gold: str | None = None) -> str | None:
     """The answer of a completion under ``answer_format`` (module docstring), or None when it has none.
+
+    ``gold``, when given, shapes two rules: for a gold with several parts (``several_parts``) the answer in a box is
+    the run of boxes that ends the text (``boxed_run``), and for a gold that is not a plain number the last math span
+    (``last_math``) comes before the last number.
 
     Raises:
         ValueError: an unknown ``answer_format``.
@@ -373,16 +408,153 @@ def extract_answer(text: str, answer_format: str = "auto") -> str | None:
     text = after_thinking(text)
     if text is None:
         return None
+    text = _strip_end_tokens(text)
+    several = gold is not None and several_parts(gold)
     if answer_format == "boxed":
-        return last_boxed(text)
+        return (several and boxed_run(text)) or last_boxed(text)
     marker = _last_marker(text)
     if answer_format == "auto":
         span = _last_boxed_span(text)
         if span is not None and (marker is None or span[0] > marker[0]):
-            return text[span[0] : span[1]]
+            return (several and boxed_run(text)) or text[span[0] : span[1]]
     if marker is not None and marker[1]:
         return marker[1]
-    return trailing_group(text) or last_number(text)
+    found = trailing_group(text) or bare_answer(text)
+    if found is None and gold is not None and parse_number(gold) is None:
+        found = last_math(text)
+    return found or last_number(text)
+
+
+_END_TOKEN_RE = re.compile(r"(?:<\|[A-Za-z_]{1,30}\|>|</s>|<eos>|<end_of_turn>)$")
+"""A chat-template token at the end of a completion (``<|im_end|>``, ``<|endoftext|>``, ``<|eot_id|>``, ``</s>``)."""
+
+
+def _strip_end_tokens(text: str) -> str:
+    """``text`` without the chat-template tokens (``_END_TOKEN_RE``, at most 8) and spaces that end it."""
+    for _ in range(8):
+        stripped = text.rstrip()
+        m = _END_TOKEN_RE.search(stripped[-40:])
+        if m is None:
+            return text
+        text = stripped[: len(stripped) - len(m.group())]
+    return text
+
+
+_MACRO_OR_TEXT_RE = re.compile(r"\\(?:text\w*|mbox|math\w*|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+BARE_ANSWER_CHARS = 200
+"""A completion of at most this many characters, on one line and with no word, is an answer as a whole."""
+
+
+def bare_answer(text: str) -> str | None:
+    """``text`` itself (without ``$``, ``**``, quotes, spaces and a final period) when it is a bare answer, not prose:
+    one line of at most ``BARE_ANSWER_CHARS`` ASCII characters, no box, with no word of two letters or more outside
+    LaTeX commands and
+    ``\\text{}`` (``x^2 + 2*x + 1``, ``\\text{odd}``, ``(r+5)^2``, ``x - 4``), or a single token (``odd``,
+    ``AZYUK2A``); the plain number after the last ``=`` of arithmetic (``59 + 63 = 122`` -> ``122``); else None."""
+    t = _WRAPPERS_RE.sub("", text).strip().rstrip(".").strip()
+    if not t or len(t) > BARE_ANSWER_CHARS or "\n" in t or not t.isascii() or "\\boxed" in t or "\\fbox" in t:
+        return None
+    if " " not in t or not _WORD_RE.search(_MACRO_OR_TEXT_RE.sub(" ", t)):
+        work, _, value = t.rpartition("=")
+        arithmetic = work and not any(_is_letter(c) or c in "<>!" for c in work)
+        return value.strip() if arithmetic and parse_number(value) is not None else t  # 59 + 63 = 122 -> 122
+    return None
+
+
+_MATH_CLOSERS = (("$$", "$$"), ("\\]", "\\["), ("\\)", "\\("), ("$", "$"))
+
+
+def last_math(text: str) -> str | None:
+    """The content of the last math span of ``text`` (``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]``) when no
+    digit follows it (``Therefore $x \\geq 5$ is the solution.`` -> ``x \\geq 5``), else None. Used for gold answers
+    that are not plain numbers; a number after the span is the answer of the last-number rule. Linear."""
+    best = None
+    for close, opening in _MATH_CLOSERS:
+        end = text.rfind(close)
+        if end < 0:
+            continue
+        start = text.rfind(opening, 0, end)
+        if start < 0 or (best is not None and end <= best[1]):
+            continue
+        best = (start + len(opening), end, end + len(close))
+    if best is None or any(c.isdigit() for c in text[best[2] :]):
+        return None
+    content = text[best[0] : best[1]].strip()
+    return content if content and len(content) <= MAX_ANSWER_CHARS else None
+
+
+def several_parts(gold: str) -> bool:
+    """Whether ``gold`` has several parts: a comma outside brackets, once a pair of braces around the whole is
+    removed (``1, -2``, ``(1, 2), (2, 1)``, ``\\{1,2,3\\}``, ``k = 45, n = 2``), and it is not a plain number
+    (``1,234``)."""
+    g = normalize(gold).replace("\\{", "{").replace("\\}", "}")
+    if parse_number(g) is not None:
+        return False
+    if g.startswith("{") and g.endswith("}"):
+        g = g[1:-1]
+    depth = 0
+    for c in g:
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            return True
+    return False
+
+
+_RUN_GAP_CHARS = 80
+"""Characters (no digit, no blank line) that may separate two boxes of one answer (``, ``, ``\\quad \\text{and}``)."""
+_RUN_GAP_WORDS = 4
+"""Words that may separate two boxes of one answer (``and``, ``papers and``, ``for part (a) and``)."""
+
+
+def boxed_run(text: str) -> str | None:
+    """The contents of the boxes that end ``text`` one after another, joined by ``", "``, when there are at least two
+    (``\\boxed{(1, 2)}, \\boxed{(2, 1)}`` -> ``(1, 2), (2, 1)``): the last box and each box before it separated from
+    the next by at most ``_RUN_GAP_CHARS`` characters and ``_RUN_GAP_WORDS`` words, with no digit and no blank line;
+    else None. Linear."""
+    spans = _box_spans(text)
+    if len(spans) < 2:
+        return None
+    run = [spans[-1]]
+    for span in reversed(spans[:-1]):
+        gap = text[span[2] + 1 : run[-1][0]]
+        words = len(_WORD_RE.findall(_MACRO_OR_TEXT_RE.sub(" ", gap))) + gap.count("\\text")
+        if span[2] >= run[-1][0] or len(gap) > _RUN_GAP_CHARS or "\n\n" in gap or any(c.isdigit() for c in gap):
+            break
+        if words > _RUN_GAP_WORDS:
+            break
+        run.append(span)
+    if len(run) < 2:
+        return None
+    return ", ".join(text[a:b].strip() for _, a, b in reversed(run))
+
+
+def _box_spans(text: str) -> list[tuple[int, int, int]]:
+    """``(macro start, content start, content end)`` of every closed box of ``text`` that is inside no other box, in
+    order. One forward pass."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    stack: list[tuple[int, int]] = []  # (macro start, content start) of a box, or (-1, -1) for a plain brace
+    open_boxes = 0
+    out = []
+    for m in _BOX_RE.finditer(text):
+        tok = m.group()
+        if tok == "}":
+            if stack:
+                macro, start = stack.pop()
+                if start >= 0:
+                    open_boxes -= 1
+                    if open_boxes == 0:
+                        out.append((macro, start, m.start()))
+        elif tok == "{":
+            stack.append((-1, -1))
+        else:
+            stack.append((m.start(), m.end()))
+            open_boxes += 1
+    return out
 
 
 def check_answer_format(answer_format: str | None) -> None:
@@ -393,13 +565,14 @@ def check_answer_format(answer_format: str | None) -> None:
 
 def gold_answer(solution: str | None = None, answer: str | None = None) -> str:
     """The reference answer: ``answer`` if given (text after ``####`` for GSM8K style), else the last
-    ``\\boxed{}`` of a MATH-style ``solution`` (else the whole solution). May be empty: graders give it no credit."""
+    ``\\boxed{}`` of a MATH-style ``solution``, or the run of boxes that ends it joined by ``", "`` (``boxed_run``:
+    ``\\boxed{1} and \\boxed{-2}`` -> ``1, -2``), else the whole solution. May be empty: graders give it no credit."""
     if answer is not None:
         answer = str(answer)
         return answer.split("####")[-1].strip()
     if solution is None:
         raise ValueError("math_reward needs a 'solution' or an 'answer' column")
-    boxed = last_boxed(solution)
+    boxed = boxed_run(solution) or last_boxed(solution)
     return (boxed if boxed is not None else solution).strip()
 
 
@@ -515,7 +688,10 @@ _FRACTION_MACROS_RE = re.compile(r"\\(?:[dtcs]|nice)frac(?![A-Za-z])")
 def normalize(expr: str) -> str:
     """``expr`` without LaTeX spacing, ``$``, ``\\left``/``\\right`` and with ``\\dfrac``, ``\\tfrac``, ``\\cfrac``,
     ``\\sfrac``, ``\\nicefrac`` as ``\\frac``."""
-    return _FRACTION_MACROS_RE.sub(r"\\frac", latex(_SPACING_RE.sub("", expr)))
+    expr = _SPACING_RE.sub("", expr)
+    if expr.endswith("\\") and not expr.endswith("\\\\"):
+        expr = expr[:-1]  # a stray backslash that ends the answer
+    return _FRACTION_MACROS_RE.sub(r"\\frac", latex(expr))
 
 
 _SUPERSCRIPTS = str.maketrans({c: f"^{{{d}}}" for d, c in enumerate("⁰¹²³⁴⁵⁶⁷⁸⁹")})
@@ -544,7 +720,9 @@ def parse_number(expr: str) -> Fraction | None:
     neg, whole, fn, fd, fn1, fd1, dec, den = m.groups()
     try:
         if dec is not None:
-            if "," in dec and not _THOUSANDS_RE.fullmatch(dec):
+            if _decimal_comma(dec):
+                dec = dec.replace(",", ".")
+            elif "," in dec and not _THOUSANDS_RE.fullmatch(dec):
                 return None
             value = Fraction(dec.replace(",", ""))
             if den is not None:
@@ -573,6 +751,7 @@ _RELATION_RE = re.compile(
 """A relation or several candidates in the value of an answer (``3 \\pm 1``, ``3 \\lor 4``, ``x \\le 3``, a line
 break); on the left of ``=`` it is work (``|z| = 5``, ``P(X \\le 2) = 0.5``)."""
 _UNIT_TEXT_RE = re.compile(r"(?:\\(?:text\w*|math\w*|mbox)\s*\{[^{}\d]*\}|\{\\rm[^{}\d]*\})(?:\^\{?-?\d\}?)?")
+_TEXT_NUMBER_RE = re.compile(r"\\(?:text\w*|math\w*|mbox|boldsymbol)\s*\{([^{}\d]*\d[^{}]*)\}")
 _UNIT_POWER_RE = re.compile(r"(?<=[A-Za-z])\^\{?-?\d\}?")
 _MIXED_SPACE_RE = re.compile(r"(\d+)\s+(\d+)/(\d+)")
 _DIGIT_SPACE_RE = re.compile(r"(?<=\d),\s+(?=\d)|(?<=\d)\s+(?=\d)(?!\d{3}(?!\d))")
@@ -621,6 +800,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     if _NEGATION_RE.search(s):
         return None, "a relation or several candidates"
     s = _DETACHED_MINUS_RE.sub(r"\1-", s)  # -{4}, -\$4, -(4) -> {-4}, \$-4, (-4)
+    s = _TEXT_NUMBER_RE.sub(r"\1", s)  # \textbf{5}, \text{5 cm}: the number is the content
     s = _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub(";", s))  # a unit separates: 1 \text{ or } 8 is not 18
     s = _SEPARATOR_RE.sub("", _DEGREE_RE.sub("", _BASE10_RE.sub("", _PMOD_RE.sub("", s))))
     s = _OVER_RE.sub(r"\\frac{\1}{\2}", _BARE_DECIMAL_RE.sub(r"0.", s))  # .5 -> 0.5
@@ -634,17 +814,65 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     if m:
         value = (-1 if m.group(1) else 1) * Fraction(m.group(2) or 1) * Fraction(10) ** int(m.group(3))
     else:
-        numbers = _numbers(s)
+        numbers = _number_spans(s)
         if len(numbers) > 1:
             return None, "several numbers"
         if not numbers:
             return None, None
-        if _unreduced(numbers[0][1]):
+        start, end, number = numbers[0]
+        if _joined(s, start, end):
+            return None, "a number joined to letters or symbols"
+        if _unreduced(number):
             return None, "a fraction not in lowest terms"
-        value = parse_number(numbers[0][1])
+        value = parse_number(number)
     if any(v is not None and v != value for v in map(parse_number, sides)):
         return None, "an equation between different numbers"
     return value, None
+
+
+_MACRO_RE = re.compile(r"\\([A-Za-z]+)")
+_WORDS_MACROS = frozenset({"quad", "qquad", "circ", "degree", "textdegree", "dollar", "euro", "pounds", "cent"})
+"""Macros that may stand around a stated number: spacing, degrees and currency; any other macro left in the answer
+(``\\pi``, ``\\frac{x}{4}``, ``\\sqrt``, ``\\alpha``, ``\\infty``) makes the number part of an expression."""
+_OPERATOR_CHARS = frozenset("+-*/^_×÷·⋅−")
+_UNIT_LETTERS = frozenset({"m", "g", "s", "h", "L", "l", "K"})
+"""Single letters read as units right after a number (``5m``, ``3 g``, ``2h``); any other single letter there is a
+variable (``4x``, ``3 + i``, ``2n``)."""
+
+
+def _joined(s: str, start: int, end: int) -> bool:
+    r"""Whether the one number ``s[start:end]`` of a normalized answer (no spaces) is joined to letters or symbols by
+    an operation or juxtaposition, so that the answer is an expression, not the number: a macro other than spacing,
+    degrees or currency anywhere in the answer (``3\pi``, ``rac{x}{4}``, ``4\sqrt{x}``), an operator right before
+    or after the number (``x-4``, ``x^{4}``, ``3+i``, ``4/n``, ``4_b``), a bracket opening right after it (``4(x+1)``),
+    or a single letter right after it that is not a unit (``4x^2``, ``AZYUK2A``, ``3i``), or right before it
+    (``x4``). Words and units stay: ``5cm``, ``12m`` (from ``12 m^2``), ``5apples``, ``\$5``, ``5\%``. Linear."""
+    rest = s[:start] + " " + s[end:]
+    if any(m.group(1) not in _WORDS_MACROS for m in _MACRO_RE.finditer(rest)):
+        return True
+    i = start - 1
+    while i >= 0 and s[i] in "{([$":
+        i -= 1
+    if i > 0 or (i == 0 and s[i] != "+"):  # a leading + is a sign: +7
+        if s[i] in _OPERATOR_CHARS or (_is_letter(s[i]) and (i == 0 or not _is_letter(s[i - 1]))):
+            return True  # x-4, x^{4}, x4 (a single letter right before)
+    j = end
+    while j < len(s) and s[j] in "})]":
+        j += 1
+    if j < len(s) and (s[j] in _OPERATOR_CHARS or s[j] in "([" or (j > end and s[j] == "{")):
+        return True
+    if j < len(s) and _is_letter(s[j]):
+        k = j
+        while k < len(s) and _is_letter(s[k]):
+            k += 1
+        if k - j == 1 and s[j] not in _UNIT_LETTERS:
+            return True  # 4x, 3i, AZYUK2A
+    return False
+
+
+def _is_letter(c: str) -> bool:
+    """An ASCII letter (a variable or a unit); other scripts are words around the number (``吨``)."""
+    return c.isascii() and c.isalpha()
 
 
 def _unreduced(number: str) -> bool:

@@ -244,7 +244,7 @@ def math_reward(
     zeros: dict[str, list[int]] = {}
     pending: dict[tuple[str, str], list[int]] = {}
     for i, (completion, gold) in enumerate(zip(completions, golds, strict=True)):
-        pred = extract_answer(completion_text(completion), fmt)
+        pred = extract_answer(completion_text(completion), fmt, gold=gold or None)
         if pred is None:
             continue
         pred = pred.strip()
