@@ -552,7 +552,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
-    if no_reward.reason is not None or trainer.state.global_step == 0:
+    if no_reward.check("training") is not None or trainer.state.global_step == 0:
         reason = no_reward.reason or "no optimizer step was trained"
         failed = {"failed": reason, "steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
         _write_json(run_dir / "summary.json", failed)
@@ -597,9 +597,10 @@ def _check_one_step(cfg, train_ds) -> None:
     so fewer prompts would train 0 steps and save the untrained model as if trained."""
     need = cfg.generation_batch_size // cfg.num_generations
     if len(train_ds) < need:
+        size = f" with train_size={cfg.train_size}" if cfg.train_size is not None else ""
         raise cfglib.ConfigError(
-            f"task={cfg.task!r} (train_size={cfg.train_size}) gives {len(train_ds)} training prompts, fewer than the "
-            f"{need} of one generation batch (generation_batch_size {cfg.generation_batch_size} / num_generations "
+            f"task={cfg.task!r}{size} gives {len(train_ds)} training prompts, fewer than the {need} of one "
+            f"generation batch (generation_batch_size {cfg.generation_batch_size} / num_generations "
             f"{cfg.num_generations}): nothing would be trained; add prompts or lower per_device_train_batch_size"
         )
 
@@ -625,27 +626,31 @@ def _fail_if_no_reward(reward_fn, counts: tuple[int, int], where: str) -> None:
 
 
 class _StopWithoutReward:
-    """Trainer callback: after the first optimizer step whose completions all failed to score, stop training
-    (``reason`` says why); keeps the fraction of failed completions (``failed_frac``)."""
+    """Trainer callback: stop training once every completion scored since training started has failed (raised,
+    timed out, returned None/NaN) over at least ``min_steps`` optimizer steps (``reason`` says why; a run shorter
+    than that is judged at its end by :meth:`check`). A failure of some calls only (a batch that timed out) is
+    counted in ``failed_frac`` and training goes on."""
 
-    def __init__(self, reward_fn):
+    def __init__(self, reward_fn, min_steps: int = 2):
         from transformers import TrainerCallback
 
         self.reward_fn, self.reason = reward_fn, None
-        self.start = self.last = _reward_counts(reward_fn)
-        outer = self
+        self.start = _reward_counts(reward_fn)
+        outer, steps = self, [0]
 
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                now = _reward_counts(outer.reward_fn)
-                reason = _no_reward_reason(outer.reward_fn, outer.last, f"step {state.global_step}")
-                outer.last = now
-                if reason is not None:
-                    outer.reason = reason
+                steps[0] += 1
+                if steps[0] >= min_steps and outer.check(f"the first {steps[0]} steps") is not None:
                     control.should_training_stop = True
                     control.should_save = False
 
         self.callback = Callback()
+
+    def check(self, where: str) -> str | None:
+        """Set and return ``reason`` if every completion scored since the start failed (``where``: which steps)."""
+        self.reason = self.reason or _no_reward_reason(self.reward_fn, self.start, where)
+        return self.reason
 
     def failed_frac(self) -> float:
         failed, scored = (a - b for a, b in zip(_reward_counts(self.reward_fn), self.start, strict=True))
