@@ -38,9 +38,10 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(work) -> tuple[Journey, Path]:
-    """`apo train` (README) with max_steps=2 and its evaluations, its stdout closed at once (`apo train | true`)."""
+    """`apo train max_steps=2` (the README's first command, shortened; its evaluations as they are: 200 held-out
+    prompts x 4 samples), its stdout closed at once (`apo train | true`)."""
     run = work / "run"
-    return run_apo(["train", "max_steps=2", *SMALL, f"output_dir={run}"], work, 120, close_stdout=True), run
+    return run_apo(["train", "max_steps=2", f"output_dir={run}"], work, 120, close_stdout=True), run
 
 
 def test_train_finishes_with_a_checkpoint_at_its_last_step_and_exits(finished):
@@ -50,6 +51,9 @@ def test_train_finishes_with_a_checkpoint_at_its_last_step_and_exits(finished):
     assert j.seen >= 2  # the reward worker ran, and is gone
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["reward_failed_frac"] == 0.0
+    # the README's figure before training (docs/default-run.json, from the 400-step run): the same evaluation
+    recorded = json.loads((Path(__file__).parents[1] / "docs" / "default-run.json").read_text())
+    assert summary["reward_before"] == pytest.approx(recorded["reward_before"], abs=1e-9)
     assert (run / "checkpoint-2").is_dir() and (run / "final").is_dir() and not (run / ".apo.lock").exists()
     assert "Traceback" not in j.stderr and "BrokenPipe" not in j.stderr  # its reader left: still exit 0, quietly
 
