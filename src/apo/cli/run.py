@@ -18,9 +18,12 @@ A run directory holds::
                          prompts (reward_gain_ci95, apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
                          fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
-                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed);
-                         written last, so it marks the run finished (--resume of a finished run then reports it and
-                         changes nothing)
+                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed),
+                         reward_failed_frac (training completions scored 0.0 because the reward failed); written
+                         last, so it marks the run finished (--resume of a finished run then reports it and changes
+                         nothing); a run whose reward failed on every completion writes only failed (the reason),
+                         steps and wall_time_s
+    .apo.lock            present while an apo process runs here (its pid): a second one is refused
 
 The JSON and YAML files and final/ are written under a temporary name and renamed (metrics.jsonl gets one appended
 line per step; its lines past the resumed checkpoint are dropped on resume), so a reader never sees half of one;
@@ -434,9 +437,17 @@ def train(values: dict[str, Any], *, resume: bool = False) -> Path:
       signal that comes while a trained run draws ``curves.png`` and writes ``summary.json`` (about a second) lets
       it finish.
 
+    - One process per ``output_dir`` (:mod:`apo.cli.lock`); the reward worker and grader processes are closed when
+      the run ends, however it ends.
+    - A training set too small for one optimizer step is refused before any work. A run whose reward failed on every
+      completion (of the evaluation before training, of its first 2 steps, or of a shorter run) raises
+      :class:`RunFailed`; once training started it first writes ``summary.json`` with ``failed`` (the reason) and
+      no final model. ``summary.json`` of every trained run gives ``reward_failed_frac``.
+
     Raises:
-        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``), nothing or a
-            different config to resume.
+        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``) or one running
+            there now (the holder's pid), nothing, a failed run or a different config to resume.
+        RunFailed: the reward failed on every completion.
         RunStopped: stopped by a signal.
     """
     from apo.tasks.bounded import close_children
