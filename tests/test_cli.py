@@ -109,11 +109,12 @@ def test_config_prints_resolved_values_and_bundled_configs(capsys):
 
 def test_failing_rewards_are_scored_zero_and_the_run_goes_on(tmp_path, monkeypatch, caplog):
     monkeypatch.syspath_prepend(str(FIXTURES))
+    monkeypatch.setenv("APO_TEST_REWARD_CALLS", str(tmp_path / "calls"))
     run = tmp_path / "run"
     args = [
         "train",
         f"output_dir={run}",
-        "max_steps=2",
+        "max_steps=3",
         "reward=bad_rewards:flaky",
         "reward_timeout=0.5",
         "eval_before_after=false",
@@ -121,9 +122,39 @@ def test_failing_rewards_are_scored_zero_and_the_run_goes_on(tmp_path, monkeypat
     ]
     with caplog.at_level("WARNING"):
         assert main(args) == 0
-    assert _steps(run) == [1, 2]
+    assert _steps(run) == [1, 2, 3]
     log = caplog.text
     assert "reward crashed" in log and "timed out" in log.lower() and "nan" in log.lower()
+    # call 1: 1 of 16 failed; calls 2 and 3: all 16 (a raise or a timeout costs the whole batch, bounded per call)
+    assert json.loads((run / "summary.json").read_text())["reward_failed_frac"] == pytest.approx(33 / 48)
+
+
+def test_a_reward_failing_on_every_completion_fails_the_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    run = tmp_path / "run"
+    args = ["train", f"output_dir={run}", "max_steps=5", "reward=bad_rewards:always_raises", "eval_before_after=false"]
+    assert main([*args, *FAST]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("apo: error: reward always_raises failed on every one of the 32 completions of the ")
+    assert "RuntimeError: reward broken" in err[-1] and "summary.json marks the run failed" in err[-1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and "reward broken" in summary["failed"]  # stopped after 2 of 5 steps
+    assert not (run / "final").exists()
+    # before training, with an evaluation: refused before any step, and nothing is left to clean up
+    run2 = tmp_path / "run2"
+    assert main(["train", f"output_dir={run2}", "reward=bad_rewards:always_raises", *FAST]) == 1
+    assert "completions of the held-out evaluation before training" in capsys.readouterr().err
+    assert not run2.exists()
+
+
+def test_a_reward_sees_the_whole_batch(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("APO_TEST_REWARD_CALLS", str(calls))
+    run = tmp_path / "run"
+    args = ["train", f"output_dir={run}", "max_steps=2", "reward=bad_rewards:batch_size", "eval_before_after=false"]
+    assert main([*args, *FAST]) == 0
+    assert calls.read_text().split() == ["16", "16"]  # TRL's generation batch: 2 prompts x 8 completions per call
 
 
 def test_sigkill_then_resume_loses_and_repeats_no_step(tmp_path):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import pytest
 import torch
 
 import apo
@@ -35,3 +38,29 @@ def test_library_example_runs():
     w = q**alpha * log_p.exp().detach() ** (1 - alpha)
     grad_u = -(w - log_p.exp().detach() * w.sum(-1, keepdim=True)) / alpha
     assert torch.allclose(logp.grad, grad_u / 0.8 / 2, atol=1e-5)  # u = (logp - ref) / 0.8, mean over 2 groups
+
+
+# --- the default run's figures ---------------------------------------------------------------------------------------
+# Generated from a run: scripts/default_run.py trains `apo train` and writes docs/default-run.json; the README quotes
+# that file. The held-out reward before training is also recomputed by the shortened default run of
+# tests/test_journeys.py (`apo train max_steps=2`: the same evaluation before training).
+
+DEFAULT_RUN = README.parent / "docs" / "default-run.json"
+
+
+def _default_run_block() -> dict[str, float]:
+    text = README.read_text().split("## Train", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    return {k: float(v) for k, v in re.findall(r'"(\w+)": ([-\d.]+)', text)} | {
+        "info_before": float(re.search(r"held-out reward before training: ([\d.]+)", text).group(1))
+    }
+
+
+def test_the_readme_quotes_the_recorded_default_run():
+    recorded = json.loads(DEFAULT_RUN.read_text())
+    block = _default_run_block()
+    for key in ("reward_before", "reward_after", "reward_gain", "reward_gain_ci95", "steps"):
+        assert block[key] == pytest.approx(recorded[key], abs=5e-5), key
+    assert block["info_before"] == pytest.approx(recorded["reward_before"], abs=5e-5)
+    prose = re.search(r"[Hh]eld-out mean reward ([\d.]+) → ([\d.]+) \(\+([\d.]+) ± ([\d.]+)", README.read_text())
+    keys = ("reward_before", "reward_after", "reward_gain", "reward_gain_ci95")
+    assert [float(x) for x in prose.groups()] == pytest.approx([recorded[k] for k in keys], abs=5e-5)

@@ -523,3 +523,51 @@ def test_compare_passes_the_stop_on_and_leaves_resumable_runs(tmp_path, monkeypa
     assert main(rerun) == 0
     for r in runs:
         assert _steps(r) == list(range(1, 31))
+
+
+# --- children: default signal dispositions, closed by their owner; one process per run directory --------------------
+
+
+def _constant_reward(completions, **columns):
+    return [1.0] * len(completions)
+
+
+def test_a_reward_worker_started_under_the_stop_handler_ends_on_sigterm():
+    """The cause of runs that never exited: a worker forked while the run's graceful SIGTERM handler is installed
+    inherited it, ignored the SIGTERM of multiprocessing's exit hook, and the join waited for ever."""
+    from apo.cli.process import StopSignals
+    from apo.tasks.bounded import close_children, safe_reward
+
+    with StopSignals() as stop:
+        reward = safe_reward(_constant_reward, timeout_s=10.0, per_completion=False)
+        assert reward(["a", "b"]) == [1.0, 1.0]
+        worker = reward._proc
+        assert os.getpgid(worker.pid) == worker.pid != os.getpgid(0)  # a terminal's Ctrl-C does not reach it
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(10)
+        assert worker.exitcode == -signal.SIGTERM and not stop.requested
+        assert reward(["c"]) == [1.0]  # a fresh worker
+        t0 = time.time()
+        close_children()
+        assert reward.pid is None and time.time() - t0 < 5
+
+
+def test_sighup_stops_like_sigterm():
+    from apo.cli.process import StopSignals
+
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.2)
+        assert stop.requested and stop.name == "SIGHUP" and stop.code == 129
+
+
+def test_one_process_per_run_directory(tmp_path):
+    from apo.cli.lock import LOCK_NAME, RunDirBusy, RunLock, holder
+
+    lock = RunLock(tmp_path).acquire()
+    assert holder(tmp_path) == os.getpid()
+    with pytest.raises(RunDirBusy, match=f"in use by apo process {os.getpid()}: one run per output_dir"):
+        RunLock(tmp_path).acquire()  # flock is per open file: a second open, even in this process, is refused
+    lock.release()
+    assert holder(tmp_path) is None and not (tmp_path / LOCK_NAME).exists()
+    RunLock(tmp_path).acquire().release()

@@ -142,7 +142,7 @@ def _run_fields():
         (
             "reward_timeout",
             float | None,
-            f(10.0, "Seconds a reward may take per completion (None: no limit)."),
+            f(10.0, "Seconds a reward may take per call, one batch (None: no limit); over it, the batch scores 0."),
         ),
         (
             "eval_task",

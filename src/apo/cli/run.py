@@ -25,9 +25,12 @@ A run directory holds::
                          fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
                          apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed),
-                         and pass@k, distinct answers and token entropy before/after (apo.cli.run.coverage_summary);
-                         written last, so it marks the run finished (--resume of a finished run then reports it and
-                         changes nothing)
+                         and pass@k, distinct answers and token entropy before/after (apo.cli.run.coverage_summary),
+                         reward_failed_frac (training completions scored 0.0 because the reward failed); written
+                         last, so it marks the run finished (--resume of a finished run then reports it and changes
+                         nothing); a run whose reward failed on every completion writes only failed (the reason),
+                         steps and wall_time_s
+    .apo.lock            present while an apo process runs here (its pid): a second one is refused
 
 The JSON and YAML files and final/ are written under a temporary name and renamed (metrics.jsonl gets one appended
 line per step; its lines past the resumed checkpoint are dropped on resume), so a reader never sees half of one;
@@ -49,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from apo.cli import config as cfglib
-from apo.cli.lock import RunDirBusy, RunLock, holder
+from apo.cli.lock import LOCK_NAME, RunDirBusy, RunLock, holder
 from apo.cli.process import RunStopped, StopSignals
 
 logger = logging.getLogger("apo")
@@ -533,13 +536,13 @@ INTO_EXISTING = "--into-existing"
 
 def foreign_entries(folder: Path) -> list[str]:
     """The sorted names in ``folder`` when it exists and holds something other than a run (no ``config.yaml``,
-    ``metrics.jsonl``, ``eval_before.json`` nor ``checkpoint-*``); empty otherwise. A run writes ``final/``,
+    ``metrics.jsonl``, ``eval_before.json``, ``checkpoint-*`` nor the run lock ``.apo.lock``); empty otherwise. A run writes ``final/``,
     ``curves.png``, ``summary.json``... into its folder, replacing files of those names, so such a folder is only
     written into with :data:`INTO_EXISTING`."""
     if not folder.is_dir():
         return []
     names = sorted(p.name for p in folder.iterdir())
-    markers = ("config.yaml", "metrics.jsonl", "eval_before.json")
+    markers = ("config.yaml", "metrics.jsonl", "eval_before.json", LOCK_NAME)
     if any(n in markers or n.startswith("checkpoint-") for n in names):
         return []
     return names
@@ -579,10 +582,18 @@ def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool =
 
     - ``output_dir`` an existing folder with other files and no run: refused unless ``into_existing``
       (:func:`refuse_foreign`), since a run replaces ``final/``, ``curves.png``, ``summary.json``...
+    - One process per ``output_dir`` (:mod:`apo.cli.lock`); the reward worker and grader processes are closed when
+      the run ends, however it ends.
+    - A training set too small for one optimizer step is refused before any work. A run whose reward failed on every
+      completion (of the evaluation before training, of its first 2 steps, or of a shorter run) raises
+      :class:`RunFailed`; once training started it first writes ``summary.json`` with ``failed`` (the reason) and
+      no final model. ``summary.json`` of every trained run gives ``reward_failed_frac``.
 
     Raises:
-        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``), a folder that is
-            not a run (without ``into_existing``), nothing or a different config to resume.
+        ConfigError: a bad config or input, a run already in ``output_dir`` (without ``resume``) or one running
+            there now (the holder's pid), a folder that is not a run (without ``into_existing``), nothing, a failed
+            run or a different config to resume.
+        RunFailed: the reward failed on every completion.
         RunStopped: stopped by a signal.
     """
     from apo.tasks.bounded import close_children
@@ -709,7 +720,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             raise
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
-    if no_reward.reason is not None or trainer.state.global_step == 0:
+    if no_reward.check("training") is not None or trainer.state.global_step == 0:
         reason = no_reward.reason or "no optimizer step was trained"
         failed = {"failed": reason, "steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
         _write_json(run_dir / "summary.json", failed)
@@ -756,9 +767,10 @@ def _check_one_step(cfg, train_ds) -> None:
     so fewer prompts would train 0 steps and save the untrained model as if trained."""
     need = cfg.generation_batch_size // cfg.num_generations
     if len(train_ds) < need:
+        size = f" with train_size={cfg.train_size}" if cfg.train_size is not None else ""
         raise cfglib.ConfigError(
-            f"task={cfg.task!r} (train_size={cfg.train_size}) gives {len(train_ds)} training prompts, fewer than the "
-            f"{need} of one generation batch (generation_batch_size {cfg.generation_batch_size} / num_generations "
+            f"task={cfg.task!r}{size} gives {len(train_ds)} training prompts, fewer than the {need} of one "
+            f"generation batch (generation_batch_size {cfg.generation_batch_size} / num_generations "
             f"{cfg.num_generations}): nothing would be trained; add prompts or lower per_device_train_batch_size"
         )
 
@@ -784,27 +796,31 @@ def _fail_if_no_reward(reward_fn, counts: tuple[int, int], where: str) -> None:
 
 
 class _StopWithoutReward:
-    """Trainer callback: after the first optimizer step whose completions all failed to score, stop training
-    (``reason`` says why); keeps the fraction of failed completions (``failed_frac``)."""
+    """Trainer callback: stop training once every completion scored since training started has failed (raised,
+    timed out, returned None/NaN) over at least ``min_steps`` optimizer steps (``reason`` says why; a run shorter
+    than that is judged at its end by :meth:`check`). A failure of some calls only (a batch that timed out) is
+    counted in ``failed_frac`` and training goes on."""
 
-    def __init__(self, reward_fn):
+    def __init__(self, reward_fn, min_steps: int = 2):
         from transformers import TrainerCallback
 
         self.reward_fn, self.reason = reward_fn, None
-        self.start = self.last = _reward_counts(reward_fn)
-        outer = self
+        self.start = _reward_counts(reward_fn)
+        outer, steps = self, [0]
 
         class Callback(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
-                now = _reward_counts(outer.reward_fn)
-                reason = _no_reward_reason(outer.reward_fn, outer.last, f"step {state.global_step}")
-                outer.last = now
-                if reason is not None:
-                    outer.reason = reason
+                steps[0] += 1
+                if steps[0] >= min_steps and outer.check(f"the first {steps[0]} steps") is not None:
                     control.should_training_stop = True
                     control.should_save = False
 
         self.callback = Callback()
+
+    def check(self, where: str) -> str | None:
+        """Set and return ``reason`` if every completion scored since the start failed (``where``: which steps)."""
+        self.reason = self.reason or _no_reward_reason(self.reward_fn, self.start, where)
+        return self.reason
 
     def failed_frac(self) -> float:
         failed, scored = (a - b for a, b in zip(_reward_counts(self.reward_fn), self.start, strict=True))
