@@ -467,6 +467,7 @@ def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool =
     """
     cfg = cfglib.build(values)
     run_dir = Path(cfg.output_dir)
+    cfglib.check_folder(run_dir, "config key 'output_dir':", "set output_dir=<a writable folder>")
     if not resume and not into_existing:
         refuse_foreign(run_dir, "output_dir")
     command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
