@@ -124,6 +124,18 @@ def test_eval_of_a_runs_policy_uses_the_runs_config(tmp_path, monkeypatch, capsy
     assert seen["task"] == "arith" and seen["model"] == "run/final"
 
 
+def test_an_unwritable_output_dir_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)  # tests may run as root
+    out = tmp_path / "r"
+    assert cfglib.resolve_values(None, {"output_dir": str(out)})  # apo eval and apo config do not write there
+    assert main(["train", f"output_dir={out}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"is inside {str(tmp_path)!r}, which is not writable" in err[0]
+    assert main(["compare", "--seeds", "0", "--out", str(out)]) == 2
+    assert "which is not writable; pass --out <a folder>" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_location_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
     import apo.cli.compare as comparelib
 

@@ -358,12 +358,13 @@ def check_paths(values: dict[str, Any]) -> None:
         raise ConfigError("config key 'output_dir' is empty; set output_dir=<a folder>")
     if not isinstance(out, str):
         return
-    check_folder(out, "config key 'output_dir':", "set output_dir=<a folder>")
+    check_folder(out, "config key 'output_dir':", "set output_dir=<a folder>", writable=False)
 
 
-def check_folder(path: str | Path, where: str, fix: str) -> None:
+def check_folder(path: str | Path, where: str, fix: str, *, writable: bool = True) -> None:
     """``path`` can hold the files of a run or a comparison: it is a folder, or it does not exist yet and its nearest
-    existing parent is a folder; either one writable. ``where`` and ``fix`` begin and end the message.
+    existing parent is a folder; with ``writable``, that one writable (checked by the commands that write there,
+    before their work). ``where`` and ``fix`` begin and end the message.
 
     Raises:
         ConfigError: ``config key 'output_dir': 'r.txt' is a file; set output_dir=<a folder>``.
@@ -375,7 +376,7 @@ def check_folder(path: str | Path, where: str, fix: str) -> None:
             if not p.is_dir():
                 what = "is a file" if p == Path(path) else f"is inside {str(p)!r}, which is a file"
                 raise ConfigError(f"{where} {str(path)!r} {what}; {fix}")
-            if not os.access(p, os.W_OK | os.X_OK):
+            if writable and not os.access(p, os.W_OK | os.X_OK):
                 what = "is not writable" if p == Path(path) else f"is inside {str(p)!r}, which is not writable"
                 raise ConfigError(f"{where} {str(path)!r} {what}; {fix}")
             break

@@ -539,7 +539,8 @@ def write_comparison(
 ) -> Path:
     """``curves.png``, ``alpha.png``, ``table.md``, ``table.json`` and the coverage files of
     :func:`apo.cli.coverage.write_coverage` (``passk.png``, ``coverage.md``) for the runs in ``paths`` (see
-    :func:`find_runs`), written to ``out_dir`` (default: the runs' common parent folder); returns that folder."""
+    :func:`find_runs`), and ``sweep-<key>.png`` per swept key with numeric values, written to ``out_dir`` (default:
+    the runs' common parent folder); returns that folder."""
     runs = find_runs(paths)
     out = Path(out_dir) if out_dir else Path(os.path.commonpath([str(r.resolve().parent) for r in runs]))
     out.mkdir(parents=True, exist_ok=True)
@@ -550,7 +551,9 @@ def write_comparison(
     plot_reward_curves(groups, out / "curves.png", window=window)
     plot_alpha_curves(groups, out / "alpha.png", window=window)
     for key in swept_keys(list(groups)):
-        plot_sweep(table, key, out / f"sweep-{key}.png")
+        values = {variant_pairs(label)[1].get(key) for label in groups} - {None}
+        if any(not math.isnan(_as_number(v)) for v in values):  # a figure against a number (not task=<file>)
+            plot_sweep(table, key, out / f"sweep-{key}.png")
     from apo.cli.coverage import write_coverage
 
     write_coverage(groups, out)  # passk.png, coverage.md, coverage.json (runs that record pass@k)

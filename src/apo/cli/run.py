@@ -536,9 +536,9 @@ INTO_EXISTING = "--into-existing"
 
 def foreign_entries(folder: Path) -> list[str]:
     """The sorted names in ``folder`` when it exists and holds something other than a run (no ``config.yaml``,
-    ``metrics.jsonl``, ``eval_before.json``, ``checkpoint-*`` nor the run lock ``.apo.lock``); empty otherwise. A run writes ``final/``,
-    ``curves.png``, ``summary.json``... into its folder, replacing files of those names, so such a folder is only
-    written into with :data:`INTO_EXISTING`."""
+    ``metrics.jsonl``, ``eval_before.json``, ``checkpoint-*`` nor the run lock ``.apo.lock``); empty otherwise. A run
+    writes ``final/``, ``curves.png``, ``summary.json``... into its folder, replacing files of those names, so such a
+    folder is only written into with :data:`INTO_EXISTING`."""
     if not folder.is_dir():
         return []
     names = sorted(p.name for p in folder.iterdir())
@@ -600,6 +600,7 @@ def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool =
 
     cfg = cfglib.build(values)
     run_dir = Path(cfg.output_dir)
+    cfglib.check_folder(run_dir, "config key 'output_dir':", "set output_dir=<a writable folder>")
     if not resume and not into_existing:
         refuse_foreign(run_dir, "output_dir")
     command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
