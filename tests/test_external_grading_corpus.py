@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import re
+import time
 
 import pytest
 from data.external_grading_corpus import DEBATABLE, GRADER_ERRORS, LICENCES, POLICY, cases, gold_column
@@ -109,3 +110,23 @@ def test_a_number_joined_to_letters_never_earns_credit_for_a_numeric_gold(wrap):
     assert len(NUMBER_PLUS_LETTERS) >= 20
     assert [a for a, s in zip(NUMBER_PLUS_LETTERS, out, strict=True) if s] == []
     assert math_reward([wrap.format(a=a) for a in UNITS], answer=["4"] * len(UNITS)) == [1.0] * len(UNITS)
+
+
+def test_new_extraction_rules_are_linear_time():
+    from apo.tasks.grading import extract_answer
+
+    texts = (
+        "\\boxed{1}, " * 20_000,  # a long run of boxes
+        "$" * 100_000 + "x",  # math delimiters with nothing between
+        "\\(" * 50_000,
+        "<|im_end|>" * 20_000,  # end tokens
+        "réponse est " * 20_000,  # foreign markers
+        "答案：" * 30_000,
+        "x " * 100_000,  # long bare text
+    )
+    for text in texts:
+        t0 = time.perf_counter()
+        for fmt in ("boxed", "final", "auto"):
+            for gold in (None, "1, 2", "x \\ge 5"):
+                extract_answer(text, fmt, gold=gold)
+        assert time.perf_counter() - t0 < 2.0, text[:20]

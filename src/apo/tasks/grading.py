@@ -306,6 +306,8 @@ def trailing_group(text: str) -> str | None:
 
 # -- final-answer markers ---------------------------------------------------------------------------------------------
 
+_ENGLISH_MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
+_FOREIGN_MARKER_WORDS = ("réponse", "reponse", "respuesta", "resposta", "antwort", "risposta", "ответ", "答案")
 _MARKER_RE = re.compile(
     r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)"
     r"|\b(?:réponse(?:\s+finale)?|reponse|respuesta(?:\s+final)?|resposta|antwort|risposta|ответ)\b\**\s*"
@@ -353,7 +355,9 @@ def _last_marker(text: str) -> tuple[int, str] | None:
     equation followed by more lines: ``The answer is:\n4 - 1 = 3\n3 - 7 = -4``), which gives an empty answer. A
     marker whose rest opens with a word of ``_NOT_AN_ANSWER_RE`` (``... the answer is right, but it is 7``) is passed
     over for the one before it (at most ``_MARKERS_TRIED`` markers), then for the box or the last number."""
-    markers = list(_MARKER_RE.finditer(text))
+    lower = text.lower()
+    foreign = any(w in lower for w in _FOREIGN_MARKER_WORDS)  # the full pattern scans slower: only when needed
+    markers = list((_MARKER_RE if foreign else _ENGLISH_MARKER_RE).finditer(text))
     for m in reversed(markers[-_MARKERS_TRIED:]):
         lines = [x.strip() for x in text[m.end() : m.end() + _MARKER_WINDOW].split("\n")]
         line = lines[0]
