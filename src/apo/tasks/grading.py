@@ -402,8 +402,9 @@ def extract_answer(text: str, answer_format: str = "auto", gold: str | None = No
     """The answer of a completion under ``answer_format`` (module docstring), or None when it has none.
 
     ``gold``, when given, shapes two rules: for a gold with several parts (``several_parts``) the answer in a box is
-    the run of boxes that ends the text (``boxed_run``), and for a gold that is not a plain number the last math span
-    (``last_math``) comes before the last number.
+    the run of boxes that ends the text (``boxed_run``), and the last math span (``last_math``) comes before the last
+    number for a gold that is not a plain number, and for a plain-number gold when the span is a relation
+    (``x \\geq 5``).
 
     Raises:
         ValueError: an unknown ``answer_format``.
@@ -424,8 +425,10 @@ def extract_answer(text: str, answer_format: str = "auto", gold: str | None = No
     if marker is not None and marker[1]:
         return marker[1]
     found = trailing_group(text) or bare_answer(text)
-    if found is None and gold is not None and parse_number(gold) is None:
-        found = last_math(text)
+    if found is None and gold is not None:
+        span = last_math(text)  # for a numeric gold, only a relation: Therefore $x \geq 5$ is not 5
+        if span is not None and (parse_number(gold) is None or unworked(span) == _RELATION):
+            found = span
     return found or last_number(text)
 
 
@@ -768,6 +771,9 @@ _BARE_DECIMAL_RE = re.compile(r"(?<![\d.])\.(?=\d)")
 _SCIENTIFIC_RE = re.compile(r"(-?)(?:(\d+(?:\.\d+)?)(?:\\times|\\cdot|[*×·]))?10\^\{?(-?\d{1,4})\}?")
 
 
+_RELATION = "a relation or several candidates"
+
+
 def unworked(pred: str) -> str | None:
     r"""Why ``pred``, graded against a gold answer that is a plain number, is not a stated value, or None.
 
@@ -802,7 +808,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     s = _DIGIT_SPACE_RE.sub(";", _MIXED_SPACE_RE.sub(r"\1\\frac{\2}{\3}", pred))  # 2 1/2; 1 8, 1, 8 are not 18
     s = normalize(s).replace("{-}", "-")
     if _NEGATION_RE.search(s):
-        return None, "a relation or several candidates"
+        return None, _RELATION
     s = _DETACHED_MINUS_RE.sub(r"\1-", s)  # -{4}, -\$4, -(4) -> {-4}, \$-4, (-4)
     s = _TEXT_NUMBER_RE.sub(r"\1", s)  # \textbf{5}, \text{5 cm}: the number is the content
     s = _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub(";", s))  # a unit separates: 1 \text{ or } 8 is not 18
@@ -811,7 +817,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     s = s.replace("\\equiv", "=").replace("\\approx", "=").replace("≈", "=")
     *sides, s = s.split("=")
     if _RELATION_RE.search(s):
-        return None, "a relation or several candidates"
+        return None, _RELATION
     if _OPERATION_RE.search(s):
         return None, "an operation"
     m = _SCIENTIFIC_RE.fullmatch(s)
