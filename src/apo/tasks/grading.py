@@ -841,8 +841,12 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
 
 
 _MACRO_RE = re.compile(r"\\([A-Za-z]+)")
-_WORDS_MACROS = frozenset({"quad", "qquad", "circ", "degree", "textdegree", "dollar", "euro", "pounds", "cent"})
-"""Macros that may stand around a stated number: spacing, degrees and currency; any other macro left in the answer
+_WORDS_MACROS = frozenset(
+    {"quad", "qquad", "circ", "degree", "textdegree", "dollar", "euro", "pounds", "cent"}
+    | {"underline", "bf", "rm", "it", "bm", "textstyle", "color"}
+)
+"""Macros that may stand around a stated number: spacing, degrees, currency and type style (``\\underline{5}``,
+``{\\bf 5}``, ``\\color{red}5``); any other macro left in the answer
 (``\\pi``, ``\\frac{x}{4}``, ``\\sqrt``, ``\\alpha``, ``\\infty``) makes the number part of an expression."""
 _OPERATOR_CHARS = frozenset("+-*/^_×÷·⋅−")
 _UNIT_LETTERS = frozenset({"m", "g", "s", "h", "L", "l", "K"})
