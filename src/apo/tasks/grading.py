@@ -3,7 +3,7 @@
 Pure functions of strings, no processes and no clocks; :mod:`apo.tasks.bounded` keeps them within a time limit and
 :mod:`apo.tasks.rewards` turns them into TRL reward functions.
 
-Extraction (``extract_answer(text, answer_format)``), in order:
+Extraction (``extract_answer(text, answer_format, gold=None)``), in order:
 
 1. Thinking: the text after the last ``</think>`` is graded; a ``<think>`` that is never closed (a trace cut off by
    ``max_completion_length``) yields no answer at all, whatever number it happens to end on.
@@ -11,10 +11,16 @@ Extraction (``extract_answer(text, answer_format)``), in order:
 
    - ``"boxed"``: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; nothing else counts.
      The strict form the paper's binary rule-based reward implies.
-   - ``"final"``: what follows the last final-answer marker (``####``, ``answer is``, ``answer:``, ``final answer``)
-     on its line, else the last number of the text (GSM8K style).
-   - ``"auto"``: whichever of the last box and the last marker comes later, else the last number: what a careful
+   - ``"final"``: what follows the last final-answer marker (``####``, ``answer is``, ``answer:``, ``final answer``,
+     and ``Réponse :``, ``答案：`` and the like) on its line, else the fallback below (GSM8K style).
+   - ``"auto"``: whichever of the last box and the last marker comes later, else the fallback: what a careful
      human grader reads as the answer.
+
+   The fallback: a final tuple; the whole text when it is a bare answer (``bare_answer``: ``x^2 + 2*x + 1``,
+   ``\\text{odd}``); the last math span with no number after it (``last_math``), for a gold that is not a plain
+   number or when the span is a relation (``Therefore $x \\geq 5$ is the solution.``); else the last number. A gold
+   with several parts (``several_parts``) takes the run of boxes that ends the text (``boxed_run``) instead of the
+   last box. Chat-template tokens at the end (``<|im_end|>``) are ignored.
 
    The last number (``last_number``) is an integer, a decimal, ``a/b``, ``\\frac{a}{b}`` (also ``\\dfrac``,
    ``\\tfrac``, ``\\frac12``) or a mixed number ``2\\frac{1}{2}``; thousands separators (``1,234``, ``1\\!234``,
@@ -24,9 +30,10 @@ Extraction (``extract_answer(text, answer_format)``), in order:
 Equivalence (``math_equal``):
 
 - an empty gold answer never gives credit; an answer that is ``too_large`` scores 0 without reaching sympy;
-- in ``quick_equal``, a gold answer that is a plain number (``parse_number``): the answer must state that number
-  (``stated_value``, exact); an expression of it (``6 \\times 8``, ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``)
-  is not a value (``unworked``) and scores 0;
+- in ``quick_equal``, a gold answer that is a plain number (``parse_number``; a decimal comma reads as a decimal:
+  ``0,111``): the answer must state that number (``stated_value``, exact); an expression of it (``6 \\times 8``,
+  ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``) or the number joined to letters or symbols (``x - 4``,
+  ``4x^2``, ``3\\pi``, ``AZYUK2A``) is not a value (``unworked``) and scores 0;
 - other gold answers, in ``quick_equal``: equal after removing LaTeX spacing (``\\,``, ``\\!``,
   ``\\left``/``\\right``, ``$``, ``\\dfrac`` -> ``\\frac``) -> equal;
 - otherwise math-verify (``parse`` + ``verify``, its own timeouts off because they use ``signal.alarm``), falling
