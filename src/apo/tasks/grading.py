@@ -797,6 +797,7 @@ def unworked(pred: str) -> str | None:
     (``1.5 \times 10^{3}``, ``10^5``).
 
     Returns: ``"a relation or several candidates"``, ``"an operation"``, ``"several numbers"``,
+    ``"a number joined to letters or symbols"`` (``x - 4``, ``4x^2``, ``\frac{x}{4}``, ``3\pi``: ``_joined``),
     ``"a fraction not in lowest terms"``, ``"an equation between different numbers"``, or None.
     """
     return _stated(pred)[1]
