@@ -94,18 +94,20 @@ def test_shipped_grader_on_the_external_corpus(capsys):
 NUMBER_PLUS_LETTERS = [
     "x - 4", "4x^2", "\\frac{x}{4}", "4x", "x + 4", "4 - x", "4y^2", "\\frac{4}{x}", "4\\sqrt{x}", "4^x",
     "x^4", "4 \\cdot x", "4 \\times n", "4e", "4\\alpha", "4\\infty", "4 i", "4_b", "x(4)", "4(x+1)", "n/4", "2n + 2",
-    "-4a", "AZYUK4A", "4\\pi", "4 + i", "\\sqrt{4x}", "e^{4}", "\\log_x 4", "4!x",
+    "-4a", "AZYUK4A", "4\\pi", "4 + i", "\\sqrt{4x}", "e^{4}", "\\log_x 4", "4!x", "4ab", "2xy",
 ]  # fmt: skip
 """Forms that state no value: the number 4 (or 2) joined to letters or symbols by an operation or juxtaposition."""
 
-UNITS = ["4 \\text{ cm}", "\\$4", "4\\%", "4 cm", "4 \\mathrm{m}", "4 apples", "4^\\circ", "x = 4", "4 m/s", "4.0"]
+UNITS = [
+    "4 \\text{ cm}", "\\$4", "4\\%", "4 cm", "4 \\mathrm{m}", "4 apples", "4^\\circ", "x = 4", "4 m/s", "4.0", "4cm",
+]  # fmt: skip
 """Forms that state the value 4 with words, units or signs around it."""
 
 
 @pytest.mark.parametrize("wrap", ["\\boxed{{{a}}}", "The answer is ${a}$.", "{a}"])
 def test_a_number_joined_to_letters_never_earns_credit_for_a_numeric_gold(wrap):
     completions = [wrap.format(a=a) for a in NUMBER_PLUS_LETTERS]
-    golds = ["2" if a.startswith("2n") else "4" for a in NUMBER_PLUS_LETTERS]
+    golds = ["2" if a.startswith("2") else "4" for a in NUMBER_PLUS_LETTERS]
     out = math_reward(completions, answer=golds)
     assert len(NUMBER_PLUS_LETTERS) >= 20
     assert [a for a, s in zip(NUMBER_PLUS_LETTERS, out, strict=True) if s] == []

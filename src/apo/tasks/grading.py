@@ -838,7 +838,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
         if not numbers:
             return None, None
         start, end, number = numbers[0]
-        if _joined(s, start, end):
+        if _joined(s, start, end) or _glued_product(pred):
             return None, "a number joined to letters or symbols"
         if _unreduced(number):
             return None, "a fraction not in lowest terms"
@@ -890,6 +890,20 @@ def _joined(s: str, start: int, end: int) -> bool:
         if k - j == 1 and s[j] not in _UNIT_LETTERS:
             return True  # 4x, 3i, AZYUK2A
     return False
+
+
+_GLUED_RE = re.compile(r"\d([A-Za-z]{2,})(?![A-Za-z])")
+_GLUED_WORDS = frozenset(
+    "mm cm dm km mi ft yd in inch inches mg kg lb lbs oz ml mL cl dl kl ms min mins hr hrs sec secs mph kph kmh "
+    "st nd rd th am pm AM PM rad deg sq cu cm2 Hz kHz MHz GHz kW MW mA kV mV kJ MJ cal kcal mol km2 m2 m3".split()
+)
+"""Words that may be glued to a number as units or ordinals (``5cm``, ``3rd``, ``10am``)."""
+
+
+def _glued_product(pred: str) -> bool:
+    """Whether ``pred`` (as written, spaces kept) glues two letters or more that are not a unit to a digit (``4ab``,
+    ``2xy``): a product of variables, which spaces removed would make look like ``4 apples``."""
+    return any(m.group(1) not in _GLUED_WORDS for m in _GLUED_RE.finditer(pred))
 
 
 def _is_letter(c: str) -> bool:
