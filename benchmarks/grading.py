@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/grading.py            # speed: 1,024 completions of 1,000 characters, one core
     PYTHONPATH=src python benchmarks/grading.py --corpus   # precision / recall / agreement on tests/data
+    PYTHONPATH=src python benchmarks/grading.py --external # the same on the external corpus, and math-verify alone
 
 Speed: 128 prompts x 8 completions (a GRPO batch), each about 1,000 characters of reasoning that ends in a boxed or
 stated answer (equivalent forms of the gold answer, wrong answers, no answer, truncated thinking), gold answers drawn
@@ -151,12 +152,49 @@ def bench_corpus() -> None:
             )
 
 
+def math_verify_pair(gold: str, output: str) -> bool:
+    """math-verify as the sources' tests call it: ``verify(parse(gold), parse(output))``, default extraction."""
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    gold_parsed, pred = parse(gold, parsing_timeout=None), parse(output, parsing_timeout=None)
+    return bool(pred and gold_parsed and verify(gold_parsed, pred, timeout_seconds=None))
+
+
+def bench_external() -> None:
+    from data.external_grading_corpus import cases
+    from test_external_grading_corpus import grade_all, report
+
+    from apo.tasks.bounded import bounded_map
+
+    corpus = cases()
+    t0 = time.perf_counter()
+    scores = grade_all(corpus)
+    elapsed = time.perf_counter() - t0
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH")]))
+    results = bounded_map("grading:math_verify_pair", [(c.gold, c.output) for c in corpus], 5.0)
+    alone = {c.id: 1.0 if ok and value else 0.0 for c, (ok, value) in zip(corpus, results, strict=True)}
+    print(f"external corpus: {len(corpus)} cases, {sum(c.label for c in corpus)} labelled 1 ({elapsed:.1f} s)")
+    for name, table in (("shipped grader (math_reward)", scores), ("math-verify alone", alone)):
+        s = report(corpus, table)["all"]
+        print(
+            f"{name:30s} agreement {s['agreement']:.3f}, precision {s['precision']:.3f}, recall {s['recall']:.3f} "
+            f"({s['fp']} false positives, {s['fn']} false negatives)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", action="store_true", help="accuracy on the labelled corpus instead of speed")
+    parser.add_argument("--external", action="store_true", help="accuracy on the external corpus instead of speed")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches (speed)")
     args = parser.parse_args()
-    bench_corpus() if args.corpus else bench_speed(args.repeats)
+    if args.external:
+        bench_external()
+    else:
+        bench_corpus() if args.corpus else bench_speed(args.repeats)
 
 
 if __name__ == "__main__":

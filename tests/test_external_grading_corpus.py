@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import re
+import time
 
 import pytest
 from data.external_grading_corpus import DEBATABLE, GRADER_ERRORS, LICENCES, POLICY, cases, gold_column
@@ -93,19 +94,41 @@ def test_shipped_grader_on_the_external_corpus(capsys):
 NUMBER_PLUS_LETTERS = [
     "x - 4", "4x^2", "\\frac{x}{4}", "4x", "x + 4", "4 - x", "4y^2", "\\frac{4}{x}", "4\\sqrt{x}", "4^x",
     "x^4", "4 \\cdot x", "4 \\times n", "4e", "4\\alpha", "4\\infty", "4 i", "4_b", "x(4)", "4(x+1)", "n/4", "2n + 2",
-    "-4a", "AZYUK4A", "4\\pi", "4 + i", "\\sqrt{4x}", "e^{4}", "\\log_x 4", "4!x",
+    "-4a", "AZYUK4A", "4\\pi", "4 + i", "\\sqrt{4x}", "e^{4}", "\\log_x 4", "4!x", "4ab", "2xy",
 ]  # fmt: skip
 """Forms that state no value: the number 4 (or 2) joined to letters or symbols by an operation or juxtaposition."""
 
-UNITS = ["4 \\text{ cm}", "\\$4", "4\\%", "4 cm", "4 \\mathrm{m}", "4 apples", "4^\\circ", "x = 4", "4 m/s", "4.0"]
+UNITS = [
+    "4 \\text{ cm}", "\\$4", "4\\%", "4 cm", "4 \\mathrm{m}", "4 apples", "4^\\circ", "x = 4", "4 m/s", "4.0", "4cm",
+]  # fmt: skip
 """Forms that state the value 4 with words, units or signs around it."""
 
 
 @pytest.mark.parametrize("wrap", ["\\boxed{{{a}}}", "The answer is ${a}$.", "{a}"])
 def test_a_number_joined_to_letters_never_earns_credit_for_a_numeric_gold(wrap):
     completions = [wrap.format(a=a) for a in NUMBER_PLUS_LETTERS]
-    golds = ["2" if a.startswith("2n") else "4" for a in NUMBER_PLUS_LETTERS]
+    golds = ["2" if a.startswith("2") else "4" for a in NUMBER_PLUS_LETTERS]
     out = math_reward(completions, answer=golds)
     assert len(NUMBER_PLUS_LETTERS) >= 20
     assert [a for a, s in zip(NUMBER_PLUS_LETTERS, out, strict=True) if s] == []
     assert math_reward([wrap.format(a=a) for a in UNITS], answer=["4"] * len(UNITS)) == [1.0] * len(UNITS)
+
+
+def test_new_extraction_rules_are_linear_time():
+    from apo.tasks.grading import extract_answer
+
+    texts = (
+        "\\boxed{1}, " * 20_000,  # a long run of boxes
+        "$" * 100_000 + "x",  # math delimiters with nothing between
+        "\\(" * 50_000,
+        "<|im_end|>" * 20_000,  # end tokens
+        "réponse est " * 20_000,  # foreign markers
+        "答案：" * 30_000,
+        "x " * 100_000,  # long bare text
+    )
+    for text in texts:
+        t0 = time.perf_counter()
+        for fmt in ("boxed", "final", "auto"):
+            for gold in (None, "1, 2", "x \\ge 5"):
+                extract_answer(text, fmt, gold=gold)
+        assert time.perf_counter() - t0 < 2.0, text[:20]

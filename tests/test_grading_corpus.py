@@ -16,7 +16,8 @@ REQUIRED_TAGS = {
     "units", "percent", "text", "equation_value", "equation", "spacing", "thousands", "comma_number", "gsm8k", "boxes",
     "check", "think", "restated", "truncated", "empty", "huge", "too_large", "paren", "unboxed_frac", "fmt_boxed",
     "fmt_final",
-    "final_forms", "unworked", "stated", "marker_noise",
+    "final_forms", "unworked", "stated", "marker_noise", "joined", "prose", "decimal_comma", "end_token", "quotes",
+    "foreign", "several_boxes",
 }  # fmt: skip
 
 

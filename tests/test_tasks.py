@@ -679,6 +679,11 @@ def test_stated_value_reads_the_one_number_exactly(pred, value):
         ("1 \\text{ or } 8", "several numbers"),
         ("1, 800", "several numbers"),
         ("x \\le 5", "a relation or several candidates"),
+        ("x - 4", "a number joined to letters or symbols"),
+        ("4x^2", "a number joined to letters or symbols"),
+        ("\\frac{x}{4}", "a number joined to letters or symbols"),
+        ("3\\pi", "a number joined to letters or symbols"),
+        ("AZYUK2A", "a number joined to letters or symbols"),
     ],
 )
 def test_an_expression_of_the_value_is_not_a_stated_value(pred, reason):

@@ -38,10 +38,12 @@ LICENCES = {
     "NVIDIA/NeMo-Skills": "Apache-2.0",
     "hendrycks/math": "MIT",
     "allenai/open-instruct": "Apache-2.0",
-    "rllm-org/rllm": "Apache-2.0",
+    "rllm-org/rllm": "MIT",
     "huggingface/trl": "Apache-2.0",
 }
-"""The licence of each source repository (its LICENSE/LICENCE file at the commit named by each case)."""
+"""The licence of each source repository: its LICENSE/LICENCE file (rllm: the licence classifier of its
+``pyproject.toml``; NeMo-Skills: the Apache-2.0 header of the test file). Math-Verify's ``tests/test_all.py`` also
+carries an MIT header, from lighteval, where these tests began."""
 
 
 class ExternalCase(NamedTuple):

@@ -3,7 +3,7 @@
 Pure functions of strings, no processes and no clocks; :mod:`apo.tasks.bounded` keeps them within a time limit and
 :mod:`apo.tasks.rewards` turns them into TRL reward functions.
 
-Extraction (``extract_answer(text, answer_format)``), in order:
+Extraction (``extract_answer(text, answer_format, gold=None)``), in order:
 
 1. Thinking: the text after the last ``</think>`` is graded; a ``<think>`` that is never closed (a trace cut off by
    ``max_completion_length``) yields no answer at all, whatever number it happens to end on.
@@ -11,10 +11,16 @@ Extraction (``extract_answer(text, answer_format)``), in order:
 
    - ``"boxed"``: the content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces matched; nothing else counts.
      The strict form the paper's binary rule-based reward implies.
-   - ``"final"``: what follows the last final-answer marker (``####``, ``answer is``, ``answer:``, ``final answer``)
-     on its line, else the last number of the text (GSM8K style).
-   - ``"auto"``: whichever of the last box and the last marker comes later, else the last number: what a careful
+   - ``"final"``: what follows the last final-answer marker (``####``, ``answer is``, ``answer:``, ``final answer``,
+     and ``Réponse :``, ``答案：`` and the like) on its line, else the fallback below (GSM8K style).
+   - ``"auto"``: whichever of the last box and the last marker comes later, else the fallback: what a careful
      human grader reads as the answer.
+
+   The fallback: a final tuple; the whole text when it is a bare answer (``bare_answer``: ``x^2 + 2*x + 1``,
+   ``\\text{odd}``); the last math span with no number after it (``last_math``), for a gold that is not a plain
+   number or when the span is a relation (``Therefore $x \\geq 5$ is the solution.``); else the last number. A gold
+   with several parts (``several_parts``) takes the run of boxes that ends the text (``boxed_run``) instead of the
+   last box. Chat-template tokens at the end (``<|im_end|>``) are ignored.
 
    The last number (``last_number``) is an integer, a decimal, ``a/b``, ``\\frac{a}{b}`` (also ``\\dfrac``,
    ``\\tfrac``, ``\\frac12``) or a mixed number ``2\\frac{1}{2}``; thousands separators (``1,234``, ``1\\!234``,
@@ -24,9 +30,10 @@ Extraction (``extract_answer(text, answer_format)``), in order:
 Equivalence (``math_equal``):
 
 - an empty gold answer never gives credit; an answer that is ``too_large`` scores 0 without reaching sympy;
-- in ``quick_equal``, a gold answer that is a plain number (``parse_number``): the answer must state that number
-  (``stated_value``, exact); an expression of it (``6 \\times 8``, ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``)
-  is not a value (``unworked``) and scores 0;
+- in ``quick_equal``, a gold answer that is a plain number (``parse_number``; a decimal comma reads as a decimal:
+  ``0,111``): the answer must state that number (``stated_value``, exact); an expression of it (``6 \\times 8``,
+  ``\\dbinom{8}{4}``, ``\\frac{6}{8}``, ``3 \\pm 1``) or the number joined to letters or symbols (``x - 4``,
+  ``4x^2``, ``3\\pi``, ``AZYUK2A``) is not a value (``unworked``) and scores 0;
 - other gold answers, in ``quick_equal``: equal after removing LaTeX spacing (``\\,``, ``\\!``,
   ``\\left``/``\\right``, ``$``, ``\\dfrac`` -> ``\\frac``) -> equal;
 - otherwise math-verify (``parse`` + ``verify``, its own timeouts off because they use ``signal.alarm``), falling
@@ -306,6 +313,8 @@ def trailing_group(text: str) -> str | None:
 
 # -- final-answer markers ---------------------------------------------------------------------------------------------
 
+_ENGLISH_MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
+_FOREIGN_MARKER_WORDS = ("réponse", "reponse", "respuesta", "resposta", "antwort", "risposta", "ответ", "答案")
 _MARKER_RE = re.compile(
     r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)"
     r"|\b(?:réponse(?:\s+finale)?|reponse|respuesta(?:\s+final)?|resposta|antwort|risposta|ответ)\b\**\s*"
@@ -353,7 +362,9 @@ def _last_marker(text: str) -> tuple[int, str] | None:
     equation followed by more lines: ``The answer is:\n4 - 1 = 3\n3 - 7 = -4``), which gives an empty answer. A
     marker whose rest opens with a word of ``_NOT_AN_ANSWER_RE`` (``... the answer is right, but it is 7``) is passed
     over for the one before it (at most ``_MARKERS_TRIED`` markers), then for the box or the last number."""
-    markers = list(_MARKER_RE.finditer(text))
+    lower = text.lower()
+    foreign = any(w in lower for w in _FOREIGN_MARKER_WORDS)  # the full pattern scans slower: only when needed
+    markers = list((_MARKER_RE if foreign else _ENGLISH_MARKER_RE).finditer(text))
     for m in reversed(markers[-_MARKERS_TRIED:]):
         lines = [x.strip() for x in text[m.end() : m.end() + _MARKER_WINDOW].split("\n")]
         line = lines[0]
@@ -398,8 +409,9 @@ def extract_answer(text: str, answer_format: str = "auto", gold: str | None = No
     """The answer of a completion under ``answer_format`` (module docstring), or None when it has none.
 
     ``gold``, when given, shapes two rules: for a gold with several parts (``several_parts``) the answer in a box is
-    the run of boxes that ends the text (``boxed_run``), and for a gold that is not a plain number the last math span
-    (``last_math``) comes before the last number.
+    the run of boxes that ends the text (``boxed_run``), and the last math span (``last_math``) comes before the last
+    number for a gold that is not a plain number, and for a plain-number gold when the span is a relation
+    (``x \\geq 5``).
 
     Raises:
         ValueError: an unknown ``answer_format``.
@@ -420,8 +432,10 @@ def extract_answer(text: str, answer_format: str = "auto", gold: str | None = No
     if marker is not None and marker[1]:
         return marker[1]
     found = trailing_group(text) or bare_answer(text)
-    if found is None and gold is not None and parse_number(gold) is None:
-        found = last_math(text)
+    if found is None and gold is not None:
+        span = last_math(text)  # for a numeric gold, only a relation: Therefore $x \geq 5$ is not 5
+        if span is not None and (parse_number(gold) is None or unworked(span) == _RELATION):
+            found = span
     return found or last_number(text)
 
 
@@ -764,6 +778,9 @@ _BARE_DECIMAL_RE = re.compile(r"(?<![\d.])\.(?=\d)")
 _SCIENTIFIC_RE = re.compile(r"(-?)(?:(\d+(?:\.\d+)?)(?:\\times|\\cdot|[*×·]))?10\^\{?(-?\d{1,4})\}?")
 
 
+_RELATION = "a relation or several candidates"
+
+
 def unworked(pred: str) -> str | None:
     r"""Why ``pred``, graded against a gold answer that is a plain number, is not a stated value, or None.
 
@@ -780,6 +797,7 @@ def unworked(pred: str) -> str | None:
     (``1.5 \times 10^{3}``, ``10^5``).
 
     Returns: ``"a relation or several candidates"``, ``"an operation"``, ``"several numbers"``,
+    ``"a number joined to letters or symbols"`` (``x - 4``, ``4x^2``, ``\frac{x}{4}``, ``3\pi``: ``_joined``),
     ``"a fraction not in lowest terms"``, ``"an equation between different numbers"``, or None.
     """
     return _stated(pred)[1]
@@ -798,7 +816,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     s = _DIGIT_SPACE_RE.sub(";", _MIXED_SPACE_RE.sub(r"\1\\frac{\2}{\3}", pred))  # 2 1/2; 1 8, 1, 8 are not 18
     s = normalize(s).replace("{-}", "-")
     if _NEGATION_RE.search(s):
-        return None, "a relation or several candidates"
+        return None, _RELATION
     s = _DETACHED_MINUS_RE.sub(r"\1-", s)  # -{4}, -\$4, -(4) -> {-4}, \$-4, (-4)
     s = _TEXT_NUMBER_RE.sub(r"\1", s)  # \textbf{5}, \text{5 cm}: the number is the content
     s = _UNIT_POWER_RE.sub("", _UNIT_TEXT_RE.sub(";", s))  # a unit separates: 1 \text{ or } 8 is not 18
@@ -807,7 +825,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
     s = s.replace("\\equiv", "=").replace("\\approx", "=").replace("≈", "=")
     *sides, s = s.split("=")
     if _RELATION_RE.search(s):
-        return None, "a relation or several candidates"
+        return None, _RELATION
     if _OPERATION_RE.search(s):
         return None, "an operation"
     m = _SCIENTIFIC_RE.fullmatch(s)
@@ -820,7 +838,7 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
         if not numbers:
             return None, None
         start, end, number = numbers[0]
-        if _joined(s, start, end):
+        if _joined(s, start, end) or _glued_product(pred):
             return None, "a number joined to letters or symbols"
         if _unreduced(number):
             return None, "a fraction not in lowest terms"
@@ -831,8 +849,12 @@ def _stated(pred: str) -> tuple[Fraction | None, str | None]:
 
 
 _MACRO_RE = re.compile(r"\\([A-Za-z]+)")
-_WORDS_MACROS = frozenset({"quad", "qquad", "circ", "degree", "textdegree", "dollar", "euro", "pounds", "cent"})
-"""Macros that may stand around a stated number: spacing, degrees and currency; any other macro left in the answer
+_WORDS_MACROS = frozenset(
+    {"quad", "qquad", "circ", "degree", "textdegree", "dollar", "euro", "pounds", "cent"}
+    | {"underline", "bf", "rm", "it", "bm", "textstyle", "color"}
+)
+"""Macros that may stand around a stated number: spacing, degrees, currency and type style (``\\underline{5}``,
+``{\\bf 5}``, ``\\color{red}5``); any other macro left in the answer
 (``\\pi``, ``\\frac{x}{4}``, ``\\sqrt``, ``\\alpha``, ``\\infty``) makes the number part of an expression."""
 _OPERATOR_CHARS = frozenset("+-*/^_×÷·⋅−")
 _UNIT_LETTERS = frozenset({"m", "g", "s", "h", "L", "l", "K"})
@@ -868,6 +890,20 @@ def _joined(s: str, start: int, end: int) -> bool:
         if k - j == 1 and s[j] not in _UNIT_LETTERS:
             return True  # 4x, 3i, AZYUK2A
     return False
+
+
+_GLUED_RE = re.compile(r"\d([A-Za-z]{2,})(?![A-Za-z])")
+_GLUED_WORDS = frozenset(
+    "mm cm dm km mi ft yd in inch inches mg kg lb lbs oz ml mL cl dl kl ms min mins hr hrs sec secs mph kph kmh "
+    "st nd rd th am pm AM PM rad deg sq cu cm2 Hz kHz MHz GHz kW MW mA kV mV kJ MJ cal kcal mol km2 m2 m3".split()
+)
+"""Words that may be glued to a number as units or ordinals (``5cm``, ``3rd``, ``10am``)."""
+
+
+def _glued_product(pred: str) -> bool:
+    """Whether ``pred`` (as written, spaces kept) glues two letters or more that are not a unit to a digit (``4ab``,
+    ``2xy``): a product of variables, which spaces removed would make look like ``4 apples``."""
+    return any(m.group(1) not in _GLUED_WORDS for m in _GLUED_RE.finditer(pred))
 
 
 def _is_letter(c: str) -> bool:

@@ -207,8 +207,10 @@ def math_reward(
 ) -> list[float]:
     """1.0 where the extracted answer of a completion is equivalent to the gold answer, else 0.0.
 
-    The completion's answer is ``extract_answer(text, answer_format)`` (default ``"auto"``); the gold answer is the
-    ``answer`` column if present (text after ``####``), else the last ``\\boxed{}`` of the ``solution`` column.
+    The completion's answer is ``extract_answer(text, answer_format, gold=gold)`` (default ``"auto"``; the gold
+    chooses between the last box and the run of boxes, and whether a final math span comes before the last number);
+    the gold answer is the ``answer`` column if present (text after ``####``), else the last ``\\boxed{}`` (or the
+    run of boxes that ends it) of the ``solution`` column.
     Scores 0.0: no answer; a ``<think>`` never closed; an empty or missing (None, NaN) gold answer (never credited:
     reject such rows when loading data); an answer or gold ``too_large`` to verify; an answer that restates the
     prompt's expression (``prompts``, passed by TRL). Against a gold answer that is a plain number
