@@ -255,7 +255,7 @@ class APOTrainer(GRPOTrainer):
         ``rewards/<func>/mean|std``) and completion table back their meaning, the graded reward, and log the mean
         reward trained on (cut completions at 0) as ``reward_zeroed``. TRL computed them from the rewards
         :meth:`_calculate_rewards` returned, the zeroed ones; its advantages keep those."""
-        graded_NF = self._graded_rewards_per_func
+        graded_NF, self._graded_rewards_per_func = self._graded_rewards_per_func, None  # this batch's, once
         if graded_NF is None:
             return
         metrics = self._metrics[mode]
