@@ -62,11 +62,13 @@ def length_reward(completions, **kwargs):
 
 
 def run(kind: str, tmp_path, *, train: bool = True, more_rewards=(), eval_dataset=None, **overrides):
-    """Train ``kind`` ("trl": ``GRPOTrainer`` + ``GRPOConfig``; "apo": ``APOTrainer`` + ``APOConfig``) for
-    ``max_steps`` on a fresh tiny Llama (seed 0); returns the trainer and the reward function's record."""
+    """Train ``kind`` ("trl": ``GRPOTrainer`` + ``GRPOConfig``; "apo": ``APOTrainer`` + ``APOConfig``;
+    "apo-trl-config": ``APOTrainer`` + ``GRPOConfig``) for ``max_steps`` on a fresh tiny Llama (seed 0); returns the
+    trainer and the reward function's record."""
     from trl import GRPOConfig, GRPOTrainer
 
-    config_cls, trainer_cls = (GRPOConfig, GRPOTrainer) if kind == "trl" else (apo.APOConfig, apo.APOTrainer)
+    config_cls = apo.APOConfig if kind == "apo" else GRPOConfig
+    trainer_cls = GRPOTrainer if kind == "trl" else apo.APOTrainer
     kwargs = {**COMMON, "output_dir": str(tmp_path / kind), **overrides}
     if kind == "apo":
         kwargs.setdefault("algorithm", "grpo")
@@ -152,8 +154,18 @@ def test_args_none_builds_a_default_config_as_trl_does(tmp_path, monkeypatch):
         "tiny-llama-GRPO",
         "tiny-llama-APO",
     )
-    with pytest.raises(TypeError, match="APOConfig\\(algorithm='grpo'"):
-        apo.APOTrainer(model, args=trl.args, **kwargs)
+
+
+def test_a_grpo_config_runs_as_grpo_trainer_runs_it(tmp_path, caplog):
+    trl, trl_reward = run("trl", tmp_path)
+    with caplog.at_level(logging.WARNING, logger=apo_trainer_module.__name__):
+        ours, our_reward = run("apo-trl-config", tmp_path)
+    assert (ours.args.algorithm, ours.args.loss_type) == ("grpo", "dapo")  # TRL's loss_type, not APOConfig's
+    assert "args is a GRPOConfig: running algorithm='grpo'" in caplog.text
+    assert_same_run(trl, ours)
+    assert trl_reward.calls == our_reward.calls
+    with pytest.raises(TypeError, match="APOConfig"):
+        apo.APOTrainer(ours.model, hash_reward, args={"algorithm": "grpo"})
 
 
 # ----------------------------------------------------------------------------------------------------------------

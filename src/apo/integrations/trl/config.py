@@ -44,6 +44,7 @@ Departures from TRL's ``GRPOConfig`` defaults:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -209,6 +210,17 @@ class APOConfig(GRPOConfig):
             self._check_group_objective_settings()
             self._check_whole_groups()
         super().__post_init__()
+
+    @classmethod
+    def from_grpo_config(cls, config: GRPOConfig, **overrides) -> APOConfig:
+        """An ``APOConfig`` holding every setting of a TRL ``GRPOConfig`` as it stands (``loss_type``,
+        ``importance_sampling_level`` and ``epsilon`` included, so TRL's defaults, not :data:`TRL_ALGORITHMS`'),
+        with ``algorithm="grpo"`` unless ``overrides`` say otherwise: ``APOTrainer(args=GRPOConfig(...))`` then runs
+        as ``GRPOTrainer`` does. ``generation_batch_size`` is left to be derived again from ``steps_per_generation``
+        (TRL's ``__post_init__`` has set both, and refuses both when given)."""
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(GRPOConfig) if f.init}
+        values["generation_batch_size"] = None
+        return cls(**{**values, "algorithm": "grpo", **overrides})
 
     @property
     def optimizer_steps_per_rollout(self) -> int:

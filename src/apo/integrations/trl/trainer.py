@@ -85,7 +85,7 @@ import torch
 import trl
 from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
-from trl import GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_decorator
 from trl.trainer.utils import (
     get_config_model_id,
@@ -157,8 +157,9 @@ class APOTrainer(GRPOTrainer):
     """``GRPOTrainer`` running ``args.algorithm`` (``apo``, ``adpo``, ``grpo``, ``gspo``) on whole groups.
 
     Same constructor as ``GRPOTrainer`` (``model``, ``reward_funcs``, ``args``, ``train_dataset``,
-    ``processing_class``, ...); ``args`` is an :class:`apo.APOConfig`, or ``None`` for ``APOConfig("<model>-APO")``
-    (TRL builds ``GRPOConfig("<model>-GRPO")``). The alpha schedule in force is
+    ``processing_class``, ...); ``args`` is an :class:`apo.APOConfig`, ``None`` for ``APOConfig("<model>-APO")``
+    (TRL builds ``GRPOConfig("<model>-GRPO")``), or a TRL ``GRPOConfig``, run as ``algorithm="grpo"`` with its
+    settings (:meth:`apo.APOConfig.from_grpo_config`; a warning says so). The alpha schedule in force is
     ``trainer.alpha_schedule`` (``None`` unless ``algorithm="apo"``). See the module docstring for what differs from
     TRL and from the paper.
     """
@@ -169,11 +170,15 @@ class APOTrainer(GRPOTrainer):
         if args is None:  # as GRPOTrainer does, with this trainer's config (algorithm="apo")
             name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = APOConfig(f"{name.split('/')[-1]}-APO")
-        if not isinstance(args, APOConfig):
-            raise TypeError(
-                f"APOTrainer needs args=APOConfig(...) (or None for the defaults), got {type(args).__name__}: "
-                "use APOConfig(algorithm='grpo', ...) with the same fields for TRL's GRPO"
+        elif isinstance(args, GRPOConfig) and not isinstance(args, APOConfig):
+            args = APOConfig.from_grpo_config(args)
+            logger.warning(
+                "args is a GRPOConfig: running algorithm='grpo' with its settings (loss_type=%r), as GRPOTrainer "
+                "would; pass APOConfig(algorithm=...) for APO or another algorithm",
+                args.loss_type,
             )
+        if not isinstance(args, APOConfig):
+            raise TypeError(f"APOTrainer needs args=APOConfig(...), a GRPOConfig or None, got {type(args).__name__}")
         super().__init__(model, reward_funcs, args, *args_, **kwargs)
         self.algorithm = args.algorithm
         self._objective = get_objective(args.algorithm) if args.algorithm in GROUP_ALGORITHMS else None
@@ -250,7 +255,7 @@ class APOTrainer(GRPOTrainer):
         ``rewards/<func>/mean|std``) and completion table back their meaning, the graded reward, and log the mean
         reward trained on (cut completions at 0) as ``reward_zeroed``. TRL computed them from the rewards
         :meth:`_calculate_rewards` returned, the zeroed ones; its advantages keep those."""
-        graded_NF = self._graded_rewards_per_func
+        graded_NF, self._graded_rewards_per_func = self._graded_rewards_per_func, None  # this batch's, once
         if graded_NF is None:
             return
         metrics = self._metrics[mode]
