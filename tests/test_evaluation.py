@@ -118,7 +118,8 @@ def test_pass_at_k_above_the_default_eval_samples_is_a_one_line_error(capsys, tm
 
 def test_eval_reports_pass_at_k_entropy_and_distinct_answers(capsys, tmp_path):
     out = tmp_path / "eval.json"
-    assert main(["eval", "eval_size=8", "eval_samples=4", f"--out={out}"]) == 0
+    # 3 generation batches (3 + 3 + 2 prompts): the measures must follow each prompt's samples across batches
+    assert main(["eval", "eval_size=8", "eval_samples=4", "eval_batch_size=3", f"--out={out}"]) == 0
     capsys.readouterr()
     result = json.loads(out.read_text())
     passes = result["pass_at_k"]
@@ -127,7 +128,9 @@ def test_eval_reports_pass_at_k_entropy_and_distinct_answers(capsys, tmp_path):
     assert passes["1"] == pytest.approx(result["reward"])
     assert passes["4"] == pytest.approx(result["pass_at_least_one"])
     assert all(a <= b + 1e-12 for a, b in zip(passes.values(), list(passes.values())[1:], strict=False))
-    assert 1.0 <= result["distinct_answers"] <= 4.0
+    per_prompt = result["prompt_distinct_answers"]  # each prompt has 1 to 4 distinct answers among its 4 samples
+    assert len(per_prompt) == 8 and all(1 <= d <= 4 for d in per_prompt)
+    assert result["distinct_answers"] == pytest.approx(sum(per_prompt) / 8)
     assert 0.0 < result["token_entropy"] < math.log(19)  # the tiny model's 19-symbol vocabulary
 
 
