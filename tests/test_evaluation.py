@@ -171,3 +171,15 @@ def test_coverage_table_and_pass_at_k_plot_of_synthetic_runs(tmp_path):
     md = (tmp_path / "out" / "coverage.md").read_text()
     assert "| grpo | 3 | seeds | 0.300 ± 0.000 → 0.600 ± 0.248 |" in md
     assert (tmp_path / "out" / "passk.png").stat().st_size > 1000
+
+
+def test_partial_credit_reaches_the_evaluation(capsys, tmp_path):
+    binary, partial = tmp_path / "binary.json", tmp_path / "partial.json"
+    assert main(["eval", "eval_size=8", "eval_samples=4", f"--out={binary}"]) == 0
+    assert main(["eval", "eval_size=8", "eval_samples=4", "partial_credit=0.5", f"--out={partial}"]) == 0
+    capsys.readouterr()
+    b, p = json.loads(binary.read_text()), json.loads(partial.read_text())
+    # same samples (same seed): a right answer scores 1 in both, a wrong one 0 or up to 0.5 with partial credit
+    assert all(y >= x for x, y in zip(b["prompt_rewards"], p["prompt_rewards"], strict=True))
+    assert p["reward"] > b["reward"] and p["reward"] <= b["reward"] + 0.5 * (1 - b["reward"])
+    assert p["pass_at_k"] == b["pass_at_k"]  # pass@k counts full credit only
