@@ -51,6 +51,9 @@ def test_train_default_writes_the_run_directory(tmp_path, capsys):
     diffs = [b - a for a, b in zip(before["prompt_rewards"], after["prompt_rewards"], strict=True)]
     assert len(diffs) == 16 and summary["reward_gain"] == pytest.approx(sum(diffs) / 16)
     assert summary["reward_gain_ci95"] == pytest.approx(mean_ci(diffs)[1])
+    for when, result in (("before", before), ("after", after)):  # coverage measures of both evaluations
+        assert summary[f"pass_at_k_{when}"] == result["pass_at_k"] and list(result["pass_at_k"])[0] == "1"
+        assert summary[f"token_entropy_{when}"] == result["token_entropy"] > 0.0
     out = json.loads(capsys.readouterr().out)
     assert out["run_dir"] == str(run)
 

@@ -49,9 +49,9 @@ def test_prepare_builds_once_and_reuses_the_cache(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_make(base_dir, *, target_confidence, seed):
+    def fake_make(base_dir, *, target_confidence, seed, lr, batch_size):
         calls.append(seed)
-        meta = {**cw._identity(base_dir, target_confidence, seed), "steps": 0, "seconds": 0.0}
+        meta = {**cw._identity(base_dir, target_confidence, seed, lr, batch_size), "steps": 0, "seconds": 0.0}
         return AutoModelForCausalLM.from_pretrained(base_dir), AutoTokenizer.from_pretrained(base_dir), meta
 
     monkeypatch.setattr(cw, "make_confident_wrong", fake_make)

@@ -118,7 +118,8 @@ def test_pass_at_k_above_the_default_eval_samples_is_a_one_line_error(capsys, tm
 
 def test_eval_reports_pass_at_k_entropy_and_distinct_answers(capsys, tmp_path):
     out = tmp_path / "eval.json"
-    assert main(["eval", "eval_size=8", "eval_samples=4", f"--out={out}"]) == 0
+    # 3 generation batches (3 + 3 + 2 prompts): the measures must follow each prompt's samples across batches
+    assert main(["eval", "eval_size=8", "eval_samples=4", "eval_batch_size=3", f"--out={out}"]) == 0
     capsys.readouterr()
     result = json.loads(out.read_text())
     passes = result["pass_at_k"]
@@ -127,7 +128,9 @@ def test_eval_reports_pass_at_k_entropy_and_distinct_answers(capsys, tmp_path):
     assert passes["1"] == pytest.approx(result["reward"])
     assert passes["4"] == pytest.approx(result["pass_at_least_one"])
     assert all(a <= b + 1e-12 for a, b in zip(passes.values(), list(passes.values())[1:], strict=False))
-    assert 1.0 <= result["distinct_answers"] <= 4.0
+    per_prompt = result["prompt_distinct_answers"]  # each prompt has 1 to 4 distinct answers among its 4 samples
+    assert len(per_prompt) == 8 and all(1 <= d <= 4 for d in per_prompt)
+    assert result["distinct_answers"] == pytest.approx(sum(per_prompt) / 8)
     assert 0.0 < result["token_entropy"] < math.log(19)  # the tiny model's 19-symbol vocabulary
 
 
@@ -168,3 +171,15 @@ def test_coverage_table_and_pass_at_k_plot_of_synthetic_runs(tmp_path):
     md = (tmp_path / "out" / "coverage.md").read_text()
     assert "| grpo | 3 | seeds | 0.300 ± 0.000 → 0.600 ± 0.248 |" in md
     assert (tmp_path / "out" / "passk.png").stat().st_size > 1000
+
+
+def test_partial_credit_reaches_the_evaluation(capsys, tmp_path):
+    binary, partial = tmp_path / "binary.json", tmp_path / "partial.json"
+    assert main(["eval", "eval_size=8", "eval_samples=4", f"--out={binary}"]) == 0
+    assert main(["eval", "eval_size=8", "eval_samples=4", "partial_credit=0.5", f"--out={partial}"]) == 0
+    capsys.readouterr()
+    b, p = json.loads(binary.read_text()), json.loads(partial.read_text())
+    # same samples (same seed): a right answer scores 1 in both, a wrong one 0 or up to 0.5 with partial credit
+    assert all(y >= x for x, y in zip(b["prompt_rewards"], p["prompt_rewards"], strict=True))
+    assert p["reward"] > b["reward"] and p["reward"] <= b["reward"] + 0.5 * (1 - b["reward"])
+    assert p["pass_at_k"] == b["pass_at_k"]  # pass@k counts full credit only

@@ -83,7 +83,8 @@ def coverage_markdown(table: dict[str, Any]) -> str:
 
 
 def plot_pass_at_k(table: dict[str, Any], out: Path) -> Path:
-    """``passk.png``: pass@k against k per algorithm, after training (solid, with its 95% band) and before (dashed)."""
+    """``passk.png``: pass@k against k per algorithm, after training (solid, with its 95% band, cut to [0, 1]) and
+    before (dashed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = plt.get_cmap("tab10")
@@ -95,8 +96,8 @@ def plot_pass_at_k(table: dict[str, Any], out: Path) -> Path:
             ys = [c[0] for c in cells]
             ax.plot(ks, ys, style, color=color, marker="o", ms=3, label=label if when == "after" else None)
             if when == "after" and all(c[1] is not None for c in cells):
-                lo = [y - c[1] for y, c in zip(ys, cells, strict=True)]
-                hi = [y + c[1] for y, c in zip(ys, cells, strict=True)]
+                lo = [max(0.0, y - c[1]) for y, c in zip(ys, cells, strict=True)]  # a probability: band in [0, 1]
+                hi = [min(1.0, y + c[1]) for y, c in zip(ys, cells, strict=True)]
                 ax.fill_between(ks, lo, hi, color=color, alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("k (samples per prompt)")

@@ -118,7 +118,7 @@ def cmd_eval(args) -> int:
     result = {"model": cfg.model, **evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    emit(json.dumps({k: v for k, v in result.items() if k != "prompt_rewards"}, indent=2))
+    emit(json.dumps({k: v for k, v in result.items() if not k.startswith("prompt_")}, indent=2))
     return 0
 
 

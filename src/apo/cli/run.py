@@ -215,8 +215,8 @@ def evaluate(
     :mod:`apo.tasks.evaluation`, each a mean over prompts with its 95% t half-width over prompts: ``"pass_at_k"``
     and ``"pass_at_k_ci95"`` (``{"k": value}`` for every k of ``pass_ks``, default ``1..samples``; unbiased
     estimator, a sample is correct at full credit), ``"distinct_answers"`` (distinct answers among a prompt's
-    samples, extracted with ``answer_format``), ``"token_entropy"`` (mean entropy in nats of the sampling
-    distribution over a completion's tokens).
+    samples, extracted with ``answer_format``; per prompt in ``"prompt_distinct_answers"``), ``"token_entropy"``
+    (mean entropy in nats of the sampling distribution over a completion's tokens).
     """
     from apo.tasks.evaluation import (
         distinct_answers,
@@ -238,7 +238,7 @@ def evaluate(
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
     rewards: list[float] = []
-    texts: list[str] = []
+    completion_texts: list[str] = []
     entropies: list[float] = []
     gen = torch.Generator(device="cpu").manual_seed(seed)
     device = next(model.parameters()).device
@@ -266,7 +266,7 @@ def evaluate(
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         cut = [ids.numel() > 0 and int(ids[-1]) not in eos_and_pad for ids in completion_ids]
         entropies.extend(mean_token_entropy(recorder.entropies_BT(), _completion_lengths(completion_ids, eos_and_pad)))
-        texts.extend(completions)
+        completion_texts.extend(completions)
         columns = {k: [r[k] for r in batch for _ in range(samples)] for k in batch[0] if k != "prompt"}
         scores = reward_fn(prompts=[p for p in prompts for _ in range(samples)], completions=completions, **columns)
         scores = [0.0 if s is None or not math.isfinite(s) else float(s) for s in scores]
@@ -281,7 +281,9 @@ def evaluate(
     per_prompt = [rewards[i * samples : (i + 1) * samples] for i in range(len(rows))]
     prompt_rewards = [sum(scores) / samples for scores in per_prompt]
     passes = pass_at_k_per_prompt(per_prompt, ks)
-    distinct = distinct_answers([texts[i * samples : (i + 1) * samples] for i in range(len(rows))], answer_format)
+    distinct = distinct_answers(
+        [completion_texts[i * samples : (i + 1) * samples] for i in range(len(rows))], answer_format
+    )
     prompt_entropy = [sum(entropies[i * samples : (i + 1) * samples]) / samples for i in range(len(rows))]
     return {
         "reward": sum(rewards) / max(1, len(rewards)),
@@ -295,6 +297,7 @@ def evaluate(
         "pass_at_k_ci95": {str(k): nan_to_none(mean_ci(v)[1]) for k, v in passes.items()},
         "distinct_answers": nan_to_none(mean_ci(distinct)[0]),
         "distinct_answers_ci95": nan_to_none(mean_ci(distinct)[1]),
+        "prompt_distinct_answers": distinct,
         "token_entropy": nan_to_none(mean_ci(prompt_entropy)[0]),
         "token_entropy_ci95": nan_to_none(mean_ci(prompt_entropy)[1]),
     }

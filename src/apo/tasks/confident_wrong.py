@@ -38,6 +38,9 @@ from apo.tasks.tiny import (
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+DEFAULT_LR = 5e-4
+"""AdamW learning rate of the fine-tuning. 1e-3 was tried: the other problems' right-answer probability fell from
+0.31 to 0.07 in 10 steps before recovering (0.29 at step 190, with the subset's wrong answer at 0.77)."""
 WRONG_UNITS = (7, 8, 9)
 """Units digits of the first operand that put a carrying problem into the wrong subset."""
 
@@ -110,7 +113,7 @@ def make_confident_wrong(
     target_confidence: float = 0.9,
     seed: int = 0,
     batch_size: int = 128,
-    lr: float = 5e-4,
+    lr: float = DEFAULT_LR,
     eval_every: int = 10,
     max_steps: int = 2000,
     num_threads: int = 1,
@@ -170,7 +173,7 @@ def make_confident_wrong(
             )
     model.eval()
     metadata = {
-        **_identity(base_dir, target_confidence, seed),
+        **_identity(base_dir, target_confidence, seed, lr, batch_size),
         "steps": step,
         "seconds": round(time.perf_counter() - start, 1),
         "num_threads": num_threads,
@@ -181,7 +184,7 @@ def make_confident_wrong(
     return model, tokenizer, metadata
 
 
-def _identity(base_dir, target_confidence: float, seed: int) -> dict:
+def _identity(base_dir, target_confidence: float, seed: int, lr: float, batch_size: int) -> dict:
     base = read_metadata(base_dir) or {}
     base_id = {k: base.get(k) for k in ("format", "seed", "target_accuracy", "task", "steps")}
     return {
@@ -191,20 +194,29 @@ def _identity(base_dir, target_confidence: float, seed: int) -> dict:
         "wrong_units": list(WRONG_UNITS),
         "target_confidence": target_confidence,
         "seed": seed,
+        "lr": lr,
+        "batch_size": batch_size,
     }
 
 
 def prepare_confident_wrong(
-    cache_dir: str | os.PathLike, target_confidence: float = 0.9, seed: int = 0, base_dir=SHIPPED_DIR
+    cache_dir: str | os.PathLike,
+    target_confidence: float = 0.9,
+    seed: int = 0,
+    base_dir=SHIPPED_DIR,
+    lr: float = DEFAULT_LR,
+    batch_size: int = 128,
 ) -> Path:
     """The folder of the confidently-wrong checkpoint for these settings, built at most once (a minute) into
     ``cache_dir/tiny-arith-wrong-<hash>`` and reused while its metadata matches."""
-    identity = _identity(base_dir, target_confidence, seed)
+    identity = _identity(base_dir, target_confidence, seed, lr, batch_size)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir).expanduser() / f"tiny-arith-wrong-{key}"
     meta = read_metadata(path)
     if meta is not None and all(meta.get(k) == v for k, v in identity.items()):
         return path
     logger.info("building the confidently-wrong checkpoint %s (target_confidence=%s)", path, target_confidence)
-    model, tokenizer, metadata = make_confident_wrong(base_dir, target_confidence=target_confidence, seed=seed)
+    model, tokenizer, metadata = make_confident_wrong(
+        base_dir, target_confidence=target_confidence, seed=seed, lr=lr, batch_size=batch_size
+    )
     return save_checkpoint(model, tokenizer, metadata, path)
