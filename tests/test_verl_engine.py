@@ -30,6 +30,7 @@ from functools import partial
 
 import pytest
 
+pytest.importorskip("verl")
 pytestmark = pytest.mark.verl
 
 B, G, P, R = 4, 4, 8, 10  # prompts per rollout, completions per prompt (rollout.n), prompt width, response width
@@ -528,7 +529,6 @@ def _child(out_path):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    pytest.importorskip("verl")
     out = tmp_path_factory.mktemp("verl_engine") / "report.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VERL_", "RANK", "WORLD_SIZE", "MASTER_"))}
     done = subprocess.run([sys.executable, __file__, str(out)], capture_output=True, text=True, env=env, timeout=540)
