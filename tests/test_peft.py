@@ -123,6 +123,33 @@ def test_reference_model_is_the_adapter_off_base(tokenizer, tmp_path):
     torch.testing.assert_close(base[mask], off[mask], rtol=0, atol=1e-5)
 
 
+def test_fast_generation_with_an_adapter_gives_the_stock_tokens(tokenizer, tmp_path):
+    # The compiled static-cache decode (an eager backend, so it runs on CPU) through the PeftModel, against TRL's
+    # own generate, greedy, before and after the adapter moves.
+    from test_generation import CountingEager, _compiled_everywhere, _fast, _prompt_ids, _stock
+
+    from apo.integrations.trl.generation import FastGeneration
+
+    trainer = lora_trainer(
+        tokenizer,
+        tmp_path,
+        fast_generation=True,
+        generation_kwargs={"do_sample": False, "min_new_tokens": FAST_DEFAULTS["max_completion_length"]},
+    )
+    backend = CountingEager()
+    trainer._fast_generation = FastGeneration(bucket=16, compile_config=_compiled_everywhere(backend.backend))
+    ids = _prompt_ids(tokenizer)
+    before = _fast(trainer, ids)
+    assert backend.compiles >= 1 and before == _stock(trainer, ids)
+    with torch.no_grad():  # move the adapter: B = 0 at the start, so the policy is the base model until then
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p))
+    after = _fast(trainer, ids)
+    assert after != before and after == _stock(trainer, ids)
+    assert trainer._fast_generation.disabled is None and trainer._fast_generation.fallbacks == 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # apo train / eval / merge end to end.
 
