@@ -6,11 +6,13 @@ goes through TRL's own log-prob forward (``_get_per_token_logps_and_entropies``,
 ``torch.autograd.graph.saved_tensors_hooks``, which sees every tensor autograd keeps for the backward. Printed:
 
 - parameters, gradients and AdamW's two moments (bytes of the trainable and frozen parameters);
-- the tensors saved for the backward, by storage (each counted once), grouped by their last dimension
-  (hidden size, MLP width, vocabulary, other), with the largest ones;
+- the tensors saved for the backward (the activations; parameters, which autograd also keeps, are left out), by
+  storage (each counted once), grouped by their last dimension (hidden size, MLP width, vocabulary, other), with the
+  largest ones;
 - the process's peak RSS (``VmHWM``) after the forward and after the backward.
 
-Run: ``python benchmarks/smollm2_memory.py smollm2-chain-sum --threads 1`` (add ``--lora`` for the adapter).
+Run: ``python benchmarks/smollm2_memory.py smollm2-chain-sum --threads 1`` (add ``--lora`` for the adapter;
+``--batch 8`` for a quarter of the batch: every saved tensor is linear in the number of sequences).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
     p.add_argument("config", nargs="?", default="smollm2-chain-sum")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lora", action="store_true")
+    p.add_argument("--batch", type=int, default=None, help="sequences (default: per_device_train_batch_size)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -63,7 +66,7 @@ def main() -> None:
     model = trainer.model
     texts, special = render_prompts(tokenizer, [train_ds[i]["prompt"] for i in range(64)], None)
     prompt_len = max(len(tokenizer(t, add_special_tokens=special)["input_ids"]) for t in texts)
-    N, C = cfg.per_device_train_batch_size, cfg.max_completion_length
+    N, C = a.batch or cfg.per_device_train_batch_size, cfg.max_completion_length
     torch.manual_seed(0)
     ids = torch.randint(0, len(tokenizer), (N, prompt_len + C))
     mask = torch.ones_like(ids)
@@ -71,9 +74,10 @@ def main() -> None:
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
     saved: dict[tuple[int, int], tuple[tuple[int, ...], int]] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # saved too, but held anyway
 
     def pack(t):
-        if t.device.type == "cpu" and t.numel() > 0:
+        if t.device.type == "cpu" and t.numel() > 0 and t.untyped_storage().data_ptr() not in weights:
             s = t.untyped_storage()
             saved[(s.data_ptr(), s.nbytes())] = (tuple(t.shape), s.nbytes())
         return t
