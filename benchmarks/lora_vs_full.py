@@ -39,7 +39,9 @@ def _rss_kb(field: str = "VmRSS") -> int:
     return 0
 
 
-def child(config: str, mode: str, steps: int, threads: int, lora_r: int, lora_alpha: int, lr: float | None) -> dict:
+def child(
+    config: str, mode: str, steps: int, threads: int, lora_r: int, lora_alpha: int, lr: float | None, dropout: float
+) -> dict:
     """One run of ``steps`` optimizer steps in this process; returns its timings and memory by phase."""
     import torch
     from transformers import TrainerCallback
@@ -62,7 +64,7 @@ def child(config: str, mode: str, steps: int, threads: int, lora_r: int, lora_al
         from peft import LoraConfig
 
         peft_config = LoraConfig(
-            task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.05, target_modules="all-linear"
+            task_type="CAUSAL_LM", r=lora_r, lora_alpha=lora_alpha, lora_dropout=dropout, target_modules="all-linear"
         )
 
     phase = ["load"]
@@ -120,7 +122,7 @@ def child(config: str, mode: str, steps: int, threads: int, lora_r: int, lora_al
     trainer.train()
     stop.set()
     return {
-        "mode": mode,
+        "mode": mode if mode == "full" else f"{mode} (dropout {dropout})",
         "threads": threads,
         "steps": steps,
         "step_s": step_times,
@@ -141,16 +143,19 @@ def main() -> None:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="learning_rate (default: the config's)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="lora_dropout (default: TRL's 0.05)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print("RESULT " + json.dumps(child(a.config, a.child, a.steps, a.threads, a.lora_r, a.lora_alpha, a.lr)))
+        result = child(a.config, a.child, a.steps, a.threads, a.lora_r, a.lora_alpha, a.lr, a.lora_dropout)
+        print("RESULT " + json.dumps(result))
         return
     results = []
     for _ in range(a.rounds):
         for mode in a.modes.split(","):
             cmd = [sys.executable, __file__, a.config, "--child", mode, "--steps", str(a.steps)]
             cmd += ["--threads", str(a.threads), "--lora-r", str(a.lora_r), "--lora-alpha", str(a.lora_alpha)]
+            cmd += ["--lora-dropout", str(a.lora_dropout)]
             if a.lr is not None:
                 cmd += ["--lr", str(a.lr)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
@@ -164,7 +169,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in results:
         wall, used = r["step_s"], r["step_cpu_s"]
-        cpu.setdefault(r["mode"], []).extend(used)
+        cpu.setdefault(r["mode"].split()[0], []).extend(used)
         print(
             f"| {r['mode']} | {', '.join(f'{x:.1f}' for x in wall)} | {', '.join(f'{x:.1f}' for x in used)} | "
             f"{r['peak_rss_gb']:.2f} | {r['trainable_params']:,} |"

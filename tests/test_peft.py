@@ -166,7 +166,13 @@ def test_cli_lora_run_kill_resume_final_eval_and_merge(tmp_path, capsys):
     ref = tmp_path / "ref"
     assert main(["train", f"output_dir={ref}", *args]) == 0
     saved = (ref / "config.yaml").read_text()
-    for line in ("use_peft: true", "lora_r: 16", "lora_alpha: 32", "lora_target_modules: all-linear"):
+    for line in (
+        "use_peft: true",
+        "lora_r: 16",
+        "lora_alpha: 32",
+        "lora_dropout: 0.0",
+        "lora_target_modules: all-linear",
+    ):
         assert line in saved, saved
     ckpt = ref / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
