@@ -103,6 +103,29 @@ def test_lora_on_policy_anchor_gives_u_zero(tokenizer, tmp_path):
     assert u == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_lora_dropout_moves_the_anchor_without_a_weight_change(tokenizer, tmp_path, dropout):
+    # Why lora_dropout defaults to 0: with learning_rate=0 the weights never move, yet with dropout pi_old (at the
+    # rollout) and the loss's log-probs use different masks, so u != 0 (a non-zero adapter: init_lora_weights=False).
+    from apo import APOConfig, APOTrainer
+
+    args = APOConfig(
+        **{**FAST_DEFAULTS, "output_dir": str(tmp_path / "out"), "steps_per_generation": 2, "learning_rate": 0.0}
+    )
+    lora = LoraConfig(**{**LORA, "lora_dropout": dropout}, init_lora_weights=False)
+    trainer = APOTrainer(
+        model=build_tiny_llama(tokenizer),
+        reward_funcs=count_a_reward,
+        args=args,
+        train_dataset=prompt_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    trainer.train()
+    u = [h["apo/u_abs_max"] for h in trainer.state.log_history if "apo/u_abs_max" in h]
+    assert len(u) == 2 and (all(x == 0.0 for x in u) if dropout == 0 else all(x > 0.05 for x in u)), u
+
+
 def test_reference_model_is_the_adapter_off_base(tokenizer, tmp_path):
     trainer = lora_trainer(tokenizer, tmp_path, algorithm="grpo", beta=0.1, max_steps=2, learning_rate=5e-2)
     assert trainer.ref_model is None  # no second copy: the reference is the base with the adapter disabled
