@@ -287,7 +287,15 @@ def _training_rows(run_dir):
 
 
 def test_runs_in_their_own_processes_match_runs_in_one(tmp_path):
-    overrides = ["max_steps=2", "eval_size=16", "eval_samples=2", "save_strategy=no", "train_size=64"]
+    # One thread in both: the bundled config leaves torch_threads to torch (every core), and this compares numbers.
+    overrides = [
+        "max_steps=2",
+        "eval_size=16",
+        "eval_samples=2",
+        "save_strategy=no",
+        "train_size=64",
+        "torch_threads=1",
+    ]
     common = [*overrides, "--algorithms", "apo-fixed@alpha=0.35,grpo", "--seeds", "0"]
     assert main(["compare", *common, "--out", str(tmp_path / "one")]) == 0
     # CPU config: two processes share the CPU (--devices is refused there: the runs would not use them)

@@ -103,6 +103,29 @@ def test_lora_on_policy_anchor_gives_u_zero(tokenizer, tmp_path):
     assert u == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_lora_dropout_moves_the_anchor_without_a_weight_change(tokenizer, tmp_path, dropout):
+    # Why lora_dropout defaults to 0: with learning_rate=0 the weights never move, yet with dropout pi_old (at the
+    # rollout) and the loss's log-probs use different masks, so u != 0 (a non-zero adapter: init_lora_weights=False).
+    from apo import APOConfig, APOTrainer
+
+    args = APOConfig(
+        **{**FAST_DEFAULTS, "output_dir": str(tmp_path / "out"), "steps_per_generation": 2, "learning_rate": 0.0}
+    )
+    lora = LoraConfig(**{**LORA, "lora_dropout": dropout}, init_lora_weights=False)
+    trainer = APOTrainer(
+        model=build_tiny_llama(tokenizer),
+        reward_funcs=count_a_reward,
+        args=args,
+        train_dataset=prompt_dataset(),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    trainer.train()
+    u = [h["apo/u_abs_max"] for h in trainer.state.log_history if "apo/u_abs_max" in h]
+    assert len(u) == 2 and (all(x == 0.0 for x in u) if dropout == 0 else all(x > 0.05 for x in u)), u
+
+
 def test_reference_model_is_the_adapter_off_base(tokenizer, tmp_path):
     trainer = lora_trainer(tokenizer, tmp_path, algorithm="grpo", beta=0.1, max_steps=2, learning_rate=5e-2)
     assert trainer.ref_model is None  # no second copy: the reference is the base with the adapter disabled
@@ -123,6 +146,33 @@ def test_reference_model_is_the_adapter_off_base(tokenizer, tmp_path):
     torch.testing.assert_close(base[mask], off[mask], rtol=0, atol=1e-5)
 
 
+def test_fast_generation_with_an_adapter_gives_the_stock_tokens(tokenizer, tmp_path):
+    # The compiled static-cache decode (an eager backend, so it runs on CPU) through the PeftModel, against TRL's
+    # own generate, greedy, before and after the adapter moves.
+    from test_generation import CountingEager, _compiled_everywhere, _fast, _prompt_ids, _stock
+
+    from apo.integrations.trl.generation import FastGeneration
+
+    trainer = lora_trainer(
+        tokenizer,
+        tmp_path,
+        fast_generation=True,
+        generation_kwargs={"do_sample": False, "min_new_tokens": FAST_DEFAULTS["max_completion_length"]},
+    )
+    backend = CountingEager()
+    trainer._fast_generation = FastGeneration(bucket=16, compile_config=_compiled_everywhere(backend.backend))
+    ids = _prompt_ids(tokenizer)
+    before = _fast(trainer, ids)
+    assert backend.compiles >= 1 and before == _stock(trainer, ids)
+    with torch.no_grad():  # move the adapter: B = 0 at the start, so the policy is the base model until then
+        for name, p in trainer.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p))
+    after = _fast(trainer, ids)
+    assert after != before and after == _stock(trainer, ids)
+    assert trainer._fast_generation.disabled is None and trainer._fast_generation.fallbacks == 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # apo train / eval / merge end to end.
 
@@ -139,7 +189,13 @@ def test_cli_lora_run_kill_resume_final_eval_and_merge(tmp_path, capsys):
     ref = tmp_path / "ref"
     assert main(["train", f"output_dir={ref}", *args]) == 0
     saved = (ref / "config.yaml").read_text()
-    for line in ("use_peft: true", "lora_r: 16", "lora_alpha: 32", "lora_target_modules: all-linear"):
+    for line in (
+        "use_peft: true",
+        "lora_r: 16",
+        "lora_alpha: 32",
+        "lora_dropout: 0.0",
+        "lora_target_modules: all-linear",
+    ):
         assert line in saved, saved
     ckpt = ref / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
