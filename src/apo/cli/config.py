@@ -106,6 +106,15 @@ def _run_fields():
         ("eval_before_after", bool, f(True, "Evaluate the policy before and after training and record both.")),
         ("cache_dir", str, f("~/.cache/apo", "Where prepared models (tiny-arith, converted SmolLM2) are cached.")),
         ("torch_threads", int | None, f(None, "torch.set_num_threads for the run (None: torch's default).")),
+        (
+            "master_weights",
+            bool,
+            f(
+                True,
+                "With bf16/fp16: fp32 weights and optimizer states, low-precision autocast compute (TRL's default); "
+                "false: low-precision weights trained by torch-optimi's Kahan-summed AdamW (docs/numerics.md).",
+            ),
+        ),
     ]
 
 

@@ -77,14 +77,29 @@ def load_tokenizer(cfg):
 
 
 def load_policy(cfg):
-    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``)."""
-    import torch
+    """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``). The
+    weights are float32 (master weights; ``bf16``/``fp16`` autocast the compute), or bf16/fp16 with
+    ``master_weights=false`` (:mod:`apo.integrations.trl.precision`)."""
     from transformers import AutoModelForCausalLM
 
+    from apo.integrations.trl.precision import check_precision_settings, weight_dtype
+
+    check_precision_settings(cfg.bf16, cfg.fp16, cfg.master_weights, cfg.use_cpu)
     path, tokenizer = load_tokenizer(cfg)
-    dtype = torch.bfloat16 if cfg.bf16 else (torch.float16 if cfg.fp16 else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=weight_dtype(cfg.bf16, cfg.fp16, cfg.master_weights))
     return model, tokenizer
+
+
+def make_optimizers(cfg, model):
+    """The ``optimizers`` argument of the trainer: the Trainer's own (``(None, None)``), or torch-optimi's
+    Kahan-summed AdamW for low-precision weights (``master_weights=false`` with ``bf16``/``fp16``)."""
+    from apo.integrations.trl.precision import kahan_adamw
+
+    if cfg.master_weights or not (cfg.bf16 or cfg.fp16):
+        return (None, None)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    opt = kahan_adamw(model, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    return (opt, None)
 
 
 def load_data(cfg, tokenizer, split: str, n: int | None, seed: int):
@@ -507,6 +522,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             train_dataset=train_ds,
             processing_class=tokenizer,
             callbacks=_callbacks(run_dir, cfg.max_steps, wall_time_s, stop),
+            optimizers=make_optimizers(cfg, model),
         )
     except BaseException:
         _undo_start(run_dir, created)
