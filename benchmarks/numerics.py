@@ -45,6 +45,8 @@ import torch  # noqa: E402
 
 warnings.filterwarnings("ignore")
 TAU = 0.8
+DEVICE = "cpu"  # --device; "cuda" on a GPU (benchmarks/gpu_numerics.sh)
+LOW = torch.bfloat16  # --low-dtype
 
 
 def load(name: str):
@@ -54,7 +56,7 @@ def load(name: str):
 
     path = resolve_model(name, os.path.expanduser("~/.cache/apo"))
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(DEVICE)
     return model, tok
 
 
@@ -73,7 +75,7 @@ def fraction_changed(model, start: dict[str, torch.Tensor], view: torch.dtype | 
 def random_batch(vocab: int, n: int, t: int, gen: torch.Generator):
     ids = torch.randint(0, vocab, (n, t), generator=gen)
     signs = torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1
-    return ids, signs
+    return ids.to(DEVICE), signs.to(DEVICE)
 
 
 def seq_logp_plain(model, ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -94,7 +96,7 @@ def weights_table(model0, steps: int, lrs: list[float], batch: int, length: int)
         for setup in ("bf16-pure", "fp32-master", "bf16-kahan"):
             model = copy.deepcopy(model0)
             if setup != "fp32-master":
-                model.to(torch.bfloat16)
+                model.to(LOW)
             start = {k: v.detach().clone() for k, v in model.named_parameters()}
             if setup == "bf16-kahan":
                 opt = kahan_adamw(model, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -105,7 +107,7 @@ def weights_table(model0, steps: int, lrs: list[float], batch: int, length: int)
             t0 = time.time()
             for step in range(1, steps + 1):
                 ids, signs = random_batch(vocab, batch, length, gen)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast(DEVICE, dtype=LOW):
                     logp = seq_logp_plain(model, ids, 1).sum(-1)
                 loss = -(signs * logp).mean()
                 loss.backward()
@@ -114,7 +116,7 @@ def weights_table(model0, steps: int, lrs: list[float], batch: int, length: int)
                 if step in (1, steps):
                     row[f"step{step}"] = fraction_changed(model, start)
                     if setup == "fp32-master":
-                        row[f"step{step}_bf16_view"] = fraction_changed(model, start, torch.bfloat16)
+                        row[f"step{step}_low_view"] = fraction_changed(model, start, LOW)
             row["seconds"] = round(time.time() - t0, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -129,7 +131,7 @@ def completions(model, tok, n: int, length: int, seed: int):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = prompt
-    enc = tok(text, return_tensors="pt", add_special_tokens=not tok.chat_template)
+    enc = tok(text, return_tensors="pt", add_special_tokens=not tok.chat_template).to(DEVICE)
     torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(
@@ -152,7 +154,7 @@ def fused_logp(model, ids: torch.Tensor, start: int, mode: str) -> torch.Tensor:
 
     m = copy.deepcopy(model)
     if mode == "bf16-pure":
-        m.to(torch.bfloat16)
+        m.to(LOW)
     if mode == "fp64":
         m.to(torch.float64)
         return seq_logp_plain(m, ids, start)  # TRL's statistics are fp32; the reference is a plain fp64 forward
@@ -160,7 +162,7 @@ def fused_logp(model, ids: torch.Tensor, start: int, mode: str) -> torch.Tensor:
     labels = ids.clone()
     labels[:, :start] = -100
     autocast = mode in ("autocast", "autocast+fp32-head")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=LOW, enabled=autocast):
         out = m(input_ids=ids, labels=labels, fused_lm_head=True)
     return out.log_probs[:, start - 1 :].double()
 
@@ -174,7 +176,7 @@ def anchor_table(model0, tok, n: int, length: int, ks: list[int], lr: float) -> 
     print(f"# {n} completions of {ids.shape[1] - start} tokens after a {start}-token prompt", flush=True)
     model = copy.deepcopy(model0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    signs = torch.tensor([1.0, -1.0] * (n // 2))
+    signs = torch.tensor([1.0, -1.0] * (n // 2), device=DEVICE)
     base = {mode: fused_logp(model0, ids, start, mode) for mode in (*MODES, "fp64")}
     rows, done = [], 0
     for k in ks:
@@ -211,10 +213,12 @@ def cost_step(model, ids, start: int, fp32_head: bool) -> float:
     labels = ids.clone()
     labels[:, :start] = -100
     t0 = time.perf_counter()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(DEVICE, dtype=LOW):
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
     out.log_probs.sum().backward()
     model.zero_grad(set_to_none=True)
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -232,7 +236,7 @@ def cost_models(model0):
 def cost_table(model0, n: int, length: int, repeats: int, model_name: str) -> dict:
     """Table 3 (see the module docstring)."""
     vocab = model0.config.vocab_size
-    ids = torch.randint(0, vocab, (n, length + 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, vocab, (n, length + 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     models = cost_models(model0)
     for head in (False, True):  # warm-up
         cost_step(models[head], ids, 16, head)
@@ -247,7 +251,7 @@ def cost_table(model0, n: int, length: int, repeats: int, model_name: str) -> di
     peak = {}
     for head in (False, True):
         cmd = [sys.executable, __file__, "--model", model_name, "--peak-rss", str(int(head)), "--n", str(n)]
-        cmd += ["--length", str(length)]
+        cmd += ["--length", str(length), "--device", DEVICE, "--low-dtype", "fp16" if LOW == torch.float16 else "bf16"]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         peak[head] = json.loads(out.splitlines()[-1])
     row = {
@@ -269,9 +273,15 @@ def peak_rss(model_name: str, head: bool, n: int, length: int) -> None:
 
     add_fused_lm_head(model, cast_lm_head_to_fp32=head)
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ids = torch.randint(0, model.config.vocab_size, (n, length + 16), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (n, length + 16), generator=gen).to(DEVICE)
+    if DEVICE == "cuda":
+        after_load = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
     cost_step(model, ids, 16, head)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20  # GPU memory, not RSS
     print(json.dumps({"peak_rss_mb": round(peak), "rss_after_load_mb": round(after_load)}))
 
 
@@ -289,8 +299,12 @@ def main() -> None:
     p.add_argument("--batch-length", type=int, default=32, help="tokens per sequence of the weights table")
     p.add_argument("--repeats", type=int, default=6, help="timed pairs of the cost table")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--low-dtype", default="bf16", choices=("bf16", "fp16"), help="the low-precision dtype")
     p.add_argument("--peak-rss", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    global DEVICE, LOW
+    DEVICE, LOW = a.device, {"bf16": torch.bfloat16, "fp16": torch.float16}[a.low_dtype]
     torch.set_num_threads(a.threads)
     if a.peak_rss is not None:
         return peak_rss(a.model, bool(a.peak_rss), a.n, a.length)
