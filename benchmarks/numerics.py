@@ -4,8 +4,8 @@ Three tables (docs/numerics.md quotes them):
 
 1. ``weights``: fraction of the trainable weights that differ from the start after 1 and ``--steps`` AdamW steps, for
    learning rates 1e-6 ... 1e-4, in three set-ups: ``bf16-pure`` (bf16 weights, torch AdamW: what ``bf16: true`` did
-   before), ``fp32-master`` (fp32 weights and states, bf16 autocast: the default now; ``master`` counts the fp32
-   weights, ``bf16-view`` the bf16 copy that autocast's matmuls compute with), ``bf16-kahan`` (bf16 weights,
+   before), ``fp32-master`` (fp32 weights and states, bf16 autocast: the default now; ``step*`` counts the fp32
+   weights, ``step*_low_view`` the bf16 copy that autocast's matmuls compute with), ``bf16-kahan`` (bf16 weights,
    torch-optimi AdamW with Kahan summation: ``master_weights=false``). Loss: ``-mean_i A_i l_i`` on random tokens with
    random signs ``A_i`` (an Adam step's size does not depend on the loss).
 2. ``anchor``: real completions of ``--length`` tokens sampled from the model (``min_new_tokens`` forces the length);
