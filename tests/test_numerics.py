@@ -6,6 +6,7 @@ Numbers and their derivation: docs/numerics.md (``benchmarks/numerics.py`` print
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,36 @@ def test_anchor_error_of_a_bf16_run_one_step_off_policy_on_cpu(tmp_path):
     print(f"mean |u| {mean_u:.4f}, mean |error| {err:.4f} ({err / mean_u:.1%})")
     assert mean_u > 0.05  # the policy moved
     assert err <= 0.10 * mean_u
+
+
+def test_a_bf16_checkpoint_written_without_master_weights_still_resumes_on_cpu(tmp_path, caplog):
+    """A checkpoint as runs wrote them before master weights (bf16 weights and AdamW states) resumes: one warning
+    line, the run continues with fp32 master weights."""
+    from safetensors.torch import save_file
+
+    from apo.integrations.trl.checkpoints import write_manifest
+
+    run = tmp_path / "run"
+    args = ["train", f"output_dir={run}", "max_steps=2", "save_steps=1", "bf16=true", "learning_rate=1.5e-5"]
+    args += ["eval_before_after=false", "per_device_train_batch_size=16", "torch_threads=1"]
+    assert main(args) == 0
+    for name in ("summary.json", "final", "checkpoint-2"):
+        path = run / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    ckpt = run / "checkpoint-1"
+    weights = load_file(str(ckpt / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, str(ckpt / "model.safetensors"))
+    opt = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    for state in opt["state"].values():
+        for key, value in state.items():
+            if key != "step" and torch.is_tensor(value):
+                state[key] = value.to(torch.bfloat16)
+    torch.save(opt, ckpt / "optimizer.pt")
+    write_manifest(ckpt, 1)
+    caplog.set_level("WARNING", logger="apo")
+    assert main([*args, "--resume"]) == 0
+    notes = [r.getMessage() for r in caplog.records if "holds bf16 weights" in r.getMessage()]
+    assert len(notes) == 1 and "checkpoint-1" in notes[0]
+    final = load_file(str(run / "final" / "model.safetensors"))
+    assert {w.dtype for w in final.values()} == {torch.float32}
+    assert (run / "summary.json").is_file()

@@ -490,6 +490,11 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             return run_dir
         _remove_leftovers(run_dir)
         checkpoint = last_checkpoint(run_dir)
+        if checkpoint is not None:
+            from apo.integrations.trl.precision import checkpoint_weight_note
+
+            if note := checkpoint_weight_note(checkpoint, cfg.master_weights):
+                logger.warning(note)
         carried = _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     else:
         leftovers = [

@@ -127,3 +127,27 @@ def warn_if_updates_lost(model: nn.Module, lr: float, optimizer=None) -> None:
     message = lost_update_warning(model, lr, optimizer)
     if message is not None:
         logger.warning(message)
+
+
+def checkpoint_weight_note(checkpoint, master_weights: bool) -> str | None:
+    """One line when a run with fp32 master weights resumes from a checkpoint whose weights are bf16/fp16 (written
+    before runs kept master weights): it resumes, the weights and AdamW states are upcast on load, and the steps
+    before it lost every update below half an ulp. ``None`` otherwise."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    if not master_weights:
+        return None
+    low = set()
+    for path in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            low |= {f.get_slice(k).get_dtype() for k in f.keys()} & {"BF16", "F16"}
+    if not low:
+        return None
+    dtype = "bf16" if "BF16" in low else "fp16"
+    return (
+        f"{Path(checkpoint).name} holds {dtype} weights without fp32 master weights (written before master weights "
+        "were kept): resuming with fp32 master weights from them; the steps before it lost the updates below half "
+        f"a {dtype} ulp (docs/numerics.md)"
+    )
