@@ -170,9 +170,13 @@ def fused_logp(model, ids: torch.Tensor, start: int, mode: str) -> torch.Tensor:
 MODES = ("bf16-pure", "autocast", "autocast+fp32-head", "fp32")
 
 
-def anchor_table(model0, tok, n: int, length: int, ks: list[int], lr: float) -> list[dict]:
-    """Table 2 (see the module docstring)."""
-    ids, start = completions(model0, tok, n, length, seed=0)
+def anchor_table(model0, tok, n: int, length: int, ks: list[int], lr: float, update_from: str) -> list[dict]:
+    """Table 2 (see the module docstring). ``update_from="same"``: the steps are taken on the measured completions
+    (the largest |u| a step can make); ``"other"``: on ``n`` other completions of the same prompt, so the measured
+    ones move only as much as a step on a batch that does not contain them moves them (as in training, where a
+    completion is one of many)."""
+    all_ids, start = completions(model0, tok, 2 * n if update_from == "other" else n, length, seed=0)
+    ids, train_ids = (all_ids[:n], all_ids[n:]) if update_from == "other" else (all_ids, all_ids)
     print(f"# {n} completions of {ids.shape[1] - start} tokens after a {start}-token prompt", flush=True)
     model = copy.deepcopy(model0)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -181,7 +185,7 @@ def anchor_table(model0, tok, n: int, length: int, ks: list[int], lr: float) -> 
     rows, done = [], 0
     for k in ks:
         while done < k:
-            loss = -(signs * seq_logp_plain(model, ids, start).sum(-1)).mean()
+            loss = -(signs * seq_logp_plain(model, train_ids, start).sum(-1)).mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -294,6 +298,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1.5e-5, help="learning rate of the anchor table")
     p.add_argument("--ks", default="1,2,4", help="optimizer steps after the rollout (anchor table)")
     p.add_argument("--n", type=int, default=8, help="completions (anchor) / sequences (cost)")
+    p.add_argument("--update-from", default="same", choices=("same", "other"), help="anchor: the steps' batch")
     p.add_argument("--length", type=int, default=256, help="completion tokens (anchor, cost)")
     p.add_argument("--batch", type=int, default=4, help="sequences per step of the weights table")
     p.add_argument("--batch-length", type=int, default=32, help="tokens per sequence of the weights table")
@@ -319,7 +324,7 @@ def main() -> None:
     if "anchor" in tables:
         ks = [1] if a.quick else [int(k) for k in a.ks.split(",")]
         print(f"## anchor error vs fp64, lr {a.lr}, tau {TAU}")
-        anchor_table(model, tok, a.n, a.length, ks, a.lr)
+        anchor_table(model, tok, a.n, a.length, ks, a.lr, a.update_from)
     if "cost" in tables:
         print("## cost of the fp32 LM head (bf16 autocast, forward + backward of the fused log-prob path)")
         cost_table(model, a.n, a.length, a.repeats, a.model)

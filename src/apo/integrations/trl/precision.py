@@ -151,3 +151,24 @@ def checkpoint_weight_note(checkpoint, master_weights: bool) -> str | None:
         "were kept): resuming with fp32 master weights from them; the steps before it lost the updates below half "
         f"a {dtype} ulp (docs/numerics.md)"
     )
+
+
+def offpolicy_anchor_warning(algorithm: str, low_precision: bool, steps_per_rollout: int) -> str | None:
+    """One line when ``apo``/``adpo`` compute in bf16/fp16 and take more than one optimizer step per rollout: from
+    the second step on, u = (l - l_old) / tau is a difference of two log-prob sums computed with the bf16-rounded
+    weights of two policies, and that rounding is most of u (SmolLM2-135M, 256-token completions, one step at lr
+    1.5e-5: error 74-80% of |u|, docs/numerics.md). ``None`` otherwise (on-policy, u = 0 exactly in any dtype)."""
+    if algorithm not in ("apo", "adpo") or not low_precision or steps_per_rollout <= 1:
+        return None
+    return (
+        f"algorithm={algorithm!r} with bf16/fp16 compute and {steps_per_rollout} optimizer steps per rollout: "
+        "off-policy, the anchor u is mostly bf16 rounding (docs/numerics.md); set bf16=false for an exact anchor, "
+        "or updates_per_rollout=1 and num_iterations=1"
+    )
+
+
+def warn_offpolicy_anchor(algorithm: str, low_precision: bool, steps_per_rollout: int) -> None:
+    """Log :func:`offpolicy_anchor_warning` (once, at the start of training) when it applies."""
+    message = offpolicy_anchor_warning(algorithm, low_precision, steps_per_rollout)
+    if message is not None:
+        logger.warning(message)

@@ -94,7 +94,7 @@ from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
 from .checkpoints import fsync_path, write_manifest
 from .config import GROUP_ALGORITHMS, APOConfig
 from .generation import generate_single_turn
-from .precision import warn_if_updates_lost
+from .precision import warn_if_updates_lost, warn_offpolicy_anchor
 
 TESTED_TRL_VERSION = "1.16.0"
 SCHEDULE_STATE_FILE = "apo_alpha_schedule.json"
@@ -155,6 +155,7 @@ class APOTrainer(GRPOTrainer):
             raise TypeError(f"APOTrainer needs args=APOConfig(...), got {type(args).__name__}")
         super().__init__(*args_, args=args, **kwargs)
         warn_if_updates_lost(self.model, args.learning_rate, self.optimizer)  # bf16 weights without master copy
+        warn_offpolicy_anchor(args.algorithm, bool(args.bf16 or args.fp16), args.optimizer_steps_per_rollout)
         self.algorithm = args.algorithm
         self._objective = get_objective(args.algorithm) if args.algorithm in GROUP_ALGORITHMS else None
         self.alpha_schedule = (
