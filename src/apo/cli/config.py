@@ -172,6 +172,15 @@ def _run_fields():
                 "that algorithms are compared on finished answers) or 'grade' (APOConfig's and TRL's default).",
             ),
         ),
+        (
+            "master_weights",
+            bool,
+            f(
+                True,
+                "With bf16/fp16: fp32 weights and optimizer states, low-precision autocast compute (TRL's default); "
+                "false: low-precision weights trained by torch-optimi's Kahan-summed AdamW (docs/numerics.md).",
+            ),
+        ),
     ] + _lora_fields()
 
 

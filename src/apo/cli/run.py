@@ -99,18 +99,33 @@ def load_tokenizer(cfg):
 
 def load_policy(cfg):
     """``(model, tokenizer)`` for ``cfg.model`` (prepared offline when it is ``tiny-arith`` or ``smollm2``; a LoRA
-    adapter folder loads on its base model, :func:`apo.cli.lora.load_adapter_model`)."""
-    import torch
+    adapter folder loads on its base model, :func:`apo.cli.lora.load_adapter_model`). The weights are float32
+    (master weights; ``bf16``/``fp16`` autocast the compute), or bf16/fp16 with ``master_weights=false``
+    (:mod:`apo.integrations.trl.precision`)."""
     from transformers import AutoModelForCausalLM
 
     from apo.cli.lora import adapter_base, load_adapter_model
+    from apo.integrations.trl.precision import check_precision_settings, weight_dtype
 
+    check_precision_settings(cfg.bf16, cfg.fp16, cfg.master_weights, cfg.use_cpu)
     path, tokenizer = load_tokenizer(cfg)
-    dtype = torch.bfloat16 if cfg.bf16 else (torch.float16 if cfg.fp16 else torch.float32)
+    dtype = weight_dtype(cfg.bf16, cfg.fp16, cfg.master_weights)
     if adapter_base(path) is not None:
         return load_adapter_model(path, dtype), tokenizer
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model, tokenizer
+
+
+def make_optimizers(cfg, model):
+    """The ``optimizers`` argument of the trainer: the Trainer's own (``(None, None)``), or torch-optimi's
+    Kahan-summed AdamW for low-precision weights (``master_weights=false`` with ``bf16``/``fp16``)."""
+    from apo.integrations.trl.precision import kahan_adamw
+
+    if cfg.master_weights or not (cfg.bf16 or cfg.fp16):
+        return (None, None)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    opt = kahan_adamw(model, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    return (opt, None)
 
 
 def load_data(cfg, tokenizer, split: str, n: int | None, seed: int):
@@ -663,6 +678,11 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             return run_dir
         _remove_leftovers(run_dir)
         checkpoint = last_checkpoint(run_dir)
+        if checkpoint is not None:
+            from apo.integrations.trl.precision import checkpoint_weight_note
+
+            if note := checkpoint_weight_note(checkpoint, cfg.master_weights):
+                logger.warning(note)
         carried = _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
     else:
         leftovers = [
@@ -701,6 +721,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
                 processing_class=tokenizer,
                 callbacks=[*_callbacks(run_dir, cfg.max_steps, wall_time_s, stop), no_reward.callback],
                 peft_config=peft_config(cfg),
+                optimizers=make_optimizers(cfg, model),
             )
     except BaseException:
         if created:

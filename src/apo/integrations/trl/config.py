@@ -32,6 +32,10 @@ Departures from TRL's ``GRPOConfig`` defaults:
   keeps the graded reward (and the cut completion's place in the group baseline) but removes its tokens from the
   loss; ``apo``/``adpo`` reject that one, and for ``grpo``/``gspo`` the two compose (the cut completion then scores
   0 in the baseline and adds no tokens to the loss).
+- ``cast_lm_head_to_fp32`` defaults to ``None`` = on for ``apo`` / ``adpo`` under ``bf16`` / ``fp16`` (TRL: off):
+  the anchor ``u = (l - l_ref) / tau`` is a difference of two log-probability sums over the completion, and bf16
+  logits put rounding noise of the size of ``u`` into it (docs/numerics.md). Off for the TRL-run algorithms, which
+  may set it.
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
@@ -183,6 +187,14 @@ class APOConfig(GRPOConfig):
         metadata={"help": "Lower clip range of TRL-run algorithms; None = the algorithm's (0.2; 3e-4 for gspo)."},
     )
 
+    cast_lm_head_to_fp32: bool | None = field(
+        default=None,
+        metadata={
+            "help": "LM head and log-softmax in fp32 (TRL's option); None = on for apo/adpo under bf16/fp16 (their "
+            "anchor is a difference of long log-prob sums, docs/numerics.md), off otherwise."
+        },
+    )
+
     def __post_init__(self):
         self._check_apo_fields()
         self._apply_updates_per_rollout()
@@ -210,6 +222,8 @@ class APOConfig(GRPOConfig):
             self._check_group_objective_settings()
             self._check_whole_groups()
         super().__post_init__()
+        if self.cast_lm_head_to_fp32 is None:  # after TRL resolved bf16's default
+            self.cast_lm_head_to_fp32 = algo in GROUP_ALGORITHMS and bool(self.bf16 or self.fp16)
 
     @classmethod
     def from_grpo_config(cls, config: GRPOConfig, **overrides) -> APOConfig:

@@ -107,6 +107,7 @@ from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
 from .checkpoints import fsync_path, write_manifest
 from .config import GROUP_ALGORITHMS, APOConfig
 from .generation import generate_single_turn
+from .precision import warn_if_updates_lost, warn_offpolicy_anchor
 
 logger = logging.getLogger(__name__)
 
@@ -180,6 +181,8 @@ class APOTrainer(GRPOTrainer):
         if not isinstance(args, APOConfig):
             raise TypeError(f"APOTrainer needs args=APOConfig(...), a GRPOConfig or None, got {type(args).__name__}")
         super().__init__(model, reward_funcs, args, *args_, **kwargs)
+        warn_if_updates_lost(self.model, args.learning_rate, self.optimizer)  # bf16 weights without master copy
+        warn_offpolicy_anchor(args.algorithm, bool(args.bf16 or args.fp16), args.optimizer_steps_per_rollout)
         self.algorithm = args.algorithm
         self._objective = get_objective(args.algorithm) if args.algorithm in GROUP_ALGORITHMS else None
         self.alpha_schedule = (
