@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +64,24 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, capsys):
     assert main(["train", f"output_dir={run}", "max_steps=1", "eval_before_after=false", *FAST]) == 0
     assert main(["train", f"output_dir={run}", "max_steps=1", "eval_before_after=false", *FAST]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_run_saved_before_keys_were_added_still_resumes(tmp_path, capsys):
+    """A config.yaml written by an earlier version lacks the keys added since (their defaults apply): --resume
+    continues it instead of calling the config different."""
+    run = tmp_path / "run"
+    args = [f"output_dir={run}", "max_steps=2", "save_steps=1", "eval_before_after=false", *FAST]
+    assert main(["train", *args]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("truncated_completions", "master_weights", "use_peft", "bf16", "use_cpu"):
+        saved.pop(key, None)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run / "summary.json").unlink()  # as if killed after step 1's checkpoint
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoint-2")
+    capsys.readouterr()
+    assert main(["train", str(run / "config.yaml"), "--resume"]) == 0, capsys.readouterr().err
+    assert _steps(run) == [1, 2]
 
 
 @pytest.mark.parametrize(

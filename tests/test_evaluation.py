@@ -142,7 +142,7 @@ def _fake_eval(passes, distinct, entropy, ci=None):
 
 
 def test_coverage_table_and_pass_at_k_plot_of_synthetic_runs(tmp_path):
-    from apo.cli import plots
+    from apo.cli import compare
 
     before = {"1": 0.3, "2": 0.5, "4": 0.7}
     for seed, (p1, p4) in enumerate([(0.5, 0.7), (0.6, 0.8), (0.7, 0.9)]):
@@ -157,7 +157,7 @@ def test_coverage_table_and_pass_at_k_plot_of_synthetic_runs(tmp_path):
     (d / "eval_before.json").write_text(json.dumps(_fake_eval(before, 3.0, 1.0)))
     (d / "eval_after.json").write_text(json.dumps(_fake_eval({"1": 0.4, "2": 0.6, "4": 0.8}, 2.5, 0.9)))
     (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.4, "entropy": 0.9}) + "\n")
-    plots.write_comparison([tmp_path], tmp_path / "out")
+    compare.plot_comparison([tmp_path], tmp_path / "out")
     table = json.loads((tmp_path / "out" / "coverage.json").read_text())
     g = table["grpo"]
     assert g["runs"] == 3 and g["over"] == "seeds" and g["ks"] == ["1", "2", "4"]

@@ -375,11 +375,16 @@ def _schedule(todo, running, free, slots, out, records, stop: StopSignals) -> No
 
 def plot_comparison(run_dirs: list[Path], out_dir: str | Path | None = None, **kw) -> Path:
     """Draw ``curves.png``, ``alpha.png``, ``table.md`` and ``table.json`` from saved run directories (a folder that
-    holds run directories stands for all of them); returns the output folder (default: the runs' common parent).
-    Keyword arguments go to :func:`apo.cli.plots.comparison_table` (``window``, ``threshold``)."""
-    from apo.cli.plots import write_comparison
+    holds run directories stands for all of them), and the coverage files of :func:`apo.cli.coverage.write_coverage`
+    (``passk.png``, ``coverage.md``, ``coverage.json``: runs that record pass@k); returns the output folder (default:
+    the runs' common parent). Keyword arguments go to :func:`apo.cli.plots.comparison_table` (``window``,
+    ``threshold``)."""
+    from apo.cli.coverage import write_coverage
+    from apo.cli.plots import find_runs, group_runs, write_comparison
 
-    return write_comparison(run_dirs, out_dir, **kw)
+    out = write_comparison(run_dirs, out_dir, **kw)
+    write_coverage(group_runs(find_runs(run_dirs)), out)
+    return out
 
 
 def _worker(spec_path: str) -> int:

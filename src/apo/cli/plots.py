@@ -537,8 +537,7 @@ def write_comparison(
     window: int = SMOOTH_WINDOW,
     threshold: float = REWARD_THRESHOLD,
 ) -> Path:
-    """``curves.png``, ``alpha.png``, ``table.md``, ``table.json`` and the coverage files of
-    :func:`apo.cli.coverage.write_coverage` (``passk.png``, ``coverage.md``) for the runs in ``paths`` (see
+    """``curves.png``, ``alpha.png``, ``table.md`` and ``table.json`` for the runs in ``paths`` (see
     :func:`find_runs`), and ``sweep-<key>.png`` per swept key with numeric values, written to ``out_dir`` (default:
     the runs' common parent folder); returns that folder."""
     runs = find_runs(paths)
@@ -554,7 +553,4 @@ def write_comparison(
         values = {variant_pairs(label)[1].get(key) for label in groups} - {None}
         if any(not math.isnan(_as_number(v)) for v in values):  # a figure against a number (not task=<file>)
             plot_sweep(table, key, out / f"sweep-{key}.png")
-    from apo.cli.coverage import write_coverage
-
-    write_coverage(groups, out)  # passk.png, coverage.md, coverage.json (runs that record pass@k)
     return out

@@ -519,8 +519,14 @@ def _saves(cfg) -> bool:
 
 def saved_config_diff(run_dir: Path, values: dict[str, Any]) -> list[str]:
     """The sorted keys whose value in ``run_dir/config.yaml`` differs from ``values`` (a key missing on one side
-    counts as ``None``)."""
-    saved = cfglib.yaml_load((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml")) or {}
+    counts as ``None``). The saved config is read as this version resolves it (:func:`apo.cli.config.resolve_values`),
+    so a key added since the run was saved (``master_weights``, ``truncated_completions``...) counts with the value
+    the saved config resolves to, and a run saved by an earlier version resumes."""
+    path = run_dir / "config.yaml"
+    try:
+        saved = cfglib.resolve_values(path)
+    except cfglib.ConfigError:  # a saved config this version refuses: compare the file as written
+        saved = cfglib.yaml_load(path.read_text(), str(path)) or {}
     return sorted(k for k in set(saved) | set(values) if saved.get(k) != values.get(k))
 
 
