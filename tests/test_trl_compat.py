@@ -117,7 +117,9 @@ def test_apo_config_defaults_are_grpo_configs_but_for_the_documented_ones(tmp_pa
     from trl import GRPOConfig
 
     trl_cfg = GRPOConfig(str(tmp_path), use_cpu=True)  # bf16 (TRL's default) needs use_cpu on a CPU
-    for algorithm, differ in (("grpo", {"loss_type"}), ("apo", {"loss_type", "vllm_importance_sampling_correction"})):
+    # apo under bf16 (TRL's default) also casts the LM head to fp32, for its anchor (docs/numerics.md)
+    apo_differ = {"loss_type", "vllm_importance_sampling_correction", "cast_lm_head_to_fp32"}
+    for algorithm, differ in (("grpo", {"loss_type"}), ("apo", apo_differ)):
         cfg = apo.APOConfig(str(tmp_path), algorithm=algorithm, use_cpu=True)
         different = {
             name
