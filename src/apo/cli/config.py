@@ -676,14 +676,18 @@ def default_output_dir(values: dict[str, Any], config_name: str | None = None) -
     return f"runs/{prefix}{alg}{sched}-seed{values.get('seed', 42)}"
 
 
+def _own_keys() -> set[str]:
+    """The run settings and the fields APOConfig adds to GRPOConfig (the keys this package owns)."""
+    from apo.integrations.trl.config import APOConfig
+
+    added = {f.name for f in dataclasses.fields(APOConfig) if f.name in APOConfig.__annotations__}
+    return set(_RUN_FIELD_NAMES) | added
+
+
 def to_dict(cfg, *, only_changed: bool = False) -> dict[str, Any]:
     """The config as a plain mapping (YAML-safe values). ``only_changed`` keeps the run and APO settings and the
     fields that differ from their dataclass defaults."""
-    from apo.integrations.trl.config import APOConfig
-
-    own = set(_RUN_FIELD_NAMES) | {
-        f.name for f in dataclasses.fields(APOConfig) if f.name in APOConfig.__annotations__
-    }
+    own = _own_keys()
     out = {}
     for f in dataclasses.fields(cfg):
         if not f.init:
@@ -734,11 +738,7 @@ def input_values(cfg, values: dict[str, Any], *, every_key: bool = False) -> dic
     Values that ``GRPOConfig`` / ``TrainingArguments`` derive from others when the config is built
     (``steps_per_generation`` from ``generation_batch_size``, the ``accelerator_config`` object, ...) are not
     printed: set both, or an object's text, and the file would be refused when read back."""
-    from apo.integrations.trl.config import APOConfig
-
-    own = set(_RUN_FIELD_NAMES) | {
-        f.name for f in dataclasses.fields(APOConfig) if f.name in APOConfig.__annotations__
-    }
+    own = _own_keys()
     out = {}
     for f in dataclasses.fields(cfg):
         if not f.init:
