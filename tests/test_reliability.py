@@ -101,6 +101,31 @@ def test_a_start_that_fails_at_the_optimizer_leaves_the_folder_as_it_was(tmp_pat
     assert _steps(Path("r")) == [1] and Path("r/notes.txt").read_text() == "n"
 
 
+def test_a_start_that_fails_at_the_optimizer_removes_the_folder_it_made(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = ["lr_scheduler_type=cosine", "lr_scheduler_kwargs={nonsense: 1}"]
+    assert main(["train", "output_dir=r", "max_steps=1", *FAST, *bad]) == 2
+    assert "training could not start" in capsys.readouterr().err
+    assert not Path("r").exists()  # the run lock's file went first, so the folder is empty and removed
+
+
+def test_a_fork_under_nested_stop_handlers_starts_with_default_signals():
+    """apo compare holds a StopSignals around each run's own: when a run's ends, a process forked while the
+    comparison's is still active must still start with the default SIGTERM (else it ignores the SIGTERM that ends
+    it)."""
+    from apo.cli.process import StopSignals
+
+    with StopSignals():
+        with StopSignals():
+            pass
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)  # the outer handler is installed
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_eval_of_a_runs_policy_uses_the_runs_config(tmp_path, monkeypatch, capsys, caplog):
     import apo.cli.run as runlib
 

@@ -18,6 +18,7 @@ This module imports neither ``apo.cli.main`` nor TRL: the CLI modules import it,
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -94,13 +95,13 @@ SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 if hasattr(signal, "SIGHUP"):  # a closed terminal or `kill -HUP`: stop as on SIGTERM (exit 129)
     SIGNAL_NAMES[signal.SIGHUP] = "SIGHUP"
 
-_installed: set[int] = set()  # signals a StopSignals of this process handles now
+_installed: collections.Counter[int] = collections.Counter()  # signal -> active StopSignals handling it (nested)
 
 
 def _default_signals_in_child() -> None:
     # A forked child (a reward worker, a data loader) must not inherit the run's graceful stop handler: it would
     # ignore the SIGTERM that ends it, and whoever waits for it would wait for ever.
-    for sig in list(_installed):
+    for sig in [s for s, n in _installed.items() if n > 0]:
         try:
             signal.signal(sig, signal.SIG_DFL)
         except (ValueError, OSError):  # not the main thread of the child: nothing Python-level runs there
@@ -151,11 +152,11 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNAL_NAMES:
                 self._saved[sig] = signal.signal(sig, self._handle)
-                _installed.add(sig)
+                _installed[sig] += 1
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
-            _installed.discard(sig)
+            _installed[sig] -= 1  # an outer StopSignals (apo compare around its runs) still counts
         self._saved.clear()
