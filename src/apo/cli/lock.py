@@ -29,7 +29,8 @@ class RunDirBusy(RuntimeError):
 
 
 def holder(run_dir: Path) -> int | None:
-    """The pid written in ``run_dir``'s lock file if a live process holds the lock, else ``None``."""
+    """The pid written in ``run_dir``'s lock file if a live process holds the lock (``-1`` when it holds it but has
+    not written its pid yet), else ``None``."""
     try:
         import fcntl
     except ImportError:

@@ -665,8 +665,8 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
 
     saved_cfg = run_dir / "config.yaml"
     checkpoint = None
-    if holder(run_dir) is not None:
-        raise RunDirBusy(run_dir, holder(run_dir))
+    if (pid := holder(run_dir)) is not None:
+        raise RunDirBusy(run_dir, pid if pid > 0 else None)
     if resume:
         if not saved_cfg.exists():
             raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
@@ -730,9 +730,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
                 optimizers=make_optimizers(cfg, model),
             )
     except BaseException:
-        if created:
-            lock.release()  # the folder it made is removed with the rest
-        _undo_start(run_dir, created)
+        _undo_start(run_dir, created, lock)
         raise
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -747,7 +745,7 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             with failing_start("training could not start", lambda: trainer.state.global_step == 0 and not resume):
                 trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         except cfglib.ConfigError:  # nothing trained (an optimizer or scheduler setting): the folder as it was
-            _undo_start(run_dir, created)
+            _undo_start(run_dir, created, lock)
             raise
     if stop.requested:
         raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
@@ -929,13 +927,14 @@ def _start_run_dir(run_dir: Path, values: dict[str, Any], lock: RunLock) -> list
     return [run_dir / "config.yaml", run_dir / "eval_before.json", *created]
 
 
-def _undo_start(run_dir: Path, created: list[Path]) -> None:
+def _undo_start(run_dir: Path, created: list[Path], lock: RunLock) -> None:
     """Remove what a fresh start wrote before its first step, so the corrected command can run (a run stopped by a
-    signal is kept: it resumes)."""
+    signal is kept: it resumes). The run's lock is released first: its file would keep a folder this start made."""
     import sys
 
     if not created or isinstance(sys.exc_info()[1], RunStopped):
         return
+    lock.release()
     for p in created:
         if p.is_file():
             p.unlink()
