@@ -389,12 +389,13 @@ def plot_comparison(run_dirs: list[Path], out_dir: str | Path | None = None, **k
 
 def _worker(spec_path: str) -> int:
     """Child process of :func:`compare`: train the one run described in the JSON file ``spec_path``; dies with the
-    comparison (see :func:`apo.cli.process.die_with_parent`). Exit status: 0, or 128 + signal number when stopped."""
+    comparison (see :func:`apo.cli.process.die_with_parent`). Exit status: 0; 1 when the run failed (its reward
+    failed on every completion: one line in its log); 128 + signal number when stopped."""
     spec = json.loads(Path(spec_path).read_text())
     die_with_parent(spec.get("parent_pid"))
     setup()
     logger.info("CUDA_VISIBLE_DEVICES=%s", os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    from apo.cli.run import train
+    from apo.cli.run import RunFailed, train
 
     children_die_with_this_process()
     try:
@@ -402,6 +403,9 @@ def _worker(spec_path: str) -> int:
     except RunStopped as e:
         print(f"apo: {e}", file=sys.stderr, flush=True)
         return e.code
+    except RunFailed as e:
+        print(f"apo: error: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

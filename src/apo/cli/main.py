@@ -206,7 +206,7 @@ def cmd_merge(args) -> int:
         out = merge(args.adapter, args.out)
     except LoraError as e:
         raise ConfigError(str(e)) from None
-    print(f"merged model written to {out}")
+    emit(f"merged model written to {out}")
     return 0
 
 
