@@ -695,3 +695,19 @@ def test_math_equal_decides_as_the_reward_does():
     for gold, pred in (("48", "6 \\times 8"), ("48", "48"), ("0.5", "\\frac12"), ("\\frac{3}{4}", "\\frac{6}{8}")):
         assert math_equal(gold, pred) == (math_reward([f"\\boxed{{{pred}}}"], answer=[gold])[0] == 1.0)
     assert not math_equal("48", "6 \\times 8") and math_equal("0.5", "\\frac12")
+
+
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        (r"Thus $$x \geq 5$$ holds", r"x \geq 5"),  # the closing $$ is not read as an empty $...$ span
+        (r"so $x=2$ and then $$ab$$", "ab"),
+        (r"Therefore $x \geq 5$ is the solution.", r"x \geq 5"),
+        (r"\[x=2\] then $$ab$$", "ab"),
+        (r"$$ab$$ and then $c$", "c"),
+    ],
+)
+def test_last_math_reads_display_math(text, span):
+    from apo.tasks.grading import last_math
+
+    assert last_math(text) == span

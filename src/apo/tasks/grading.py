@@ -489,7 +489,7 @@ def last_math(text: str) -> str | None:
         if end < 0:
             continue
         start = text.rfind(opening, 0, end)
-        if start < 0 or (best is not None and end <= best[1]):
+        if start < 0 or (best is not None and end < best[2]):  # inside a later span ($ of a closing $$)
             continue
         best = (start + len(opening), end, end + len(close))
     if best is None or any(c.isdigit() for c in text[best[2] :]):
