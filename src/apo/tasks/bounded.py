@@ -186,7 +186,12 @@ class _Grader:
         try:
             self.proc = start_child(
                 lambda: subprocess.Popen(
-                    args, pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL, process_group=0
+                    args,
+                    pass_fds=(child_sock.fileno(),),
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    # Python 3.11+; before, the child's die_with_parent() calls setpgid itself
+                    **({"process_group": 0} if sys.version_info >= (3, 11) else {}),
                 )
             )
         finally:
