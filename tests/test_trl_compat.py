@@ -300,3 +300,13 @@ def test_group_objective_refusals_are_one_line_at_config_time(tmp_path, algorith
         )
     message = str(err.value)
     assert "\n" not in message and fix in message and next(iter(overrides)) in message
+
+
+def test_a_grpo_config_turned_into_apo_casts_the_lm_head_to_fp32(tmp_path):
+    """TRL's cast_lm_head_to_fp32=False is its default, not a choice: as apo under bf16 the anchor's fp32 head applies;
+    as grpo, TRL's default stays."""
+    from trl import GRPOConfig
+
+    trl_cfg = GRPOConfig(str(tmp_path), use_cpu=True, bf16=True)
+    assert apo.APOConfig.from_grpo_config(trl_cfg, algorithm="apo").cast_lm_head_to_fp32 is True
+    assert apo.APOConfig.from_grpo_config(trl_cfg).cast_lm_head_to_fp32 is False

@@ -234,6 +234,8 @@ class APOConfig(GRPOConfig):
         (TRL's ``__post_init__`` has set both, and refuses both when given)."""
         values = {f.name: getattr(config, f.name) for f in dataclasses.fields(GRPOConfig) if f.init}
         values["generation_batch_size"] = None
+        # TRL's False is its default, not a choice: left to APOConfig's rule (on for apo/adpo under bf16/fp16)
+        values["cast_lm_head_to_fp32"] = config.cast_lm_head_to_fp32 or None
         return cls(**{**values, "algorithm": "grpo", **overrides})
 
     @property
