@@ -186,3 +186,14 @@ def test_offpolicy_apo_in_bf16_warns_that_the_anchor_is_rounding(make_trainer, c
     make_trainer(bf16=True)  # on-policy: u = 0 exactly
     make_trainer(updates_per_rollout=2)  # fp32
     assert not [r for r in caplog.records if "mostly bf16 rounding" in r.getMessage()]
+
+
+def test_continuous_batching_under_bf16_is_refused_as_it_would_drop_the_master_weights(tmp_path):
+    """TRL 1.16's continuous-batching generation casts the model to bf16 in place and never back."""
+    import apo
+
+    with pytest.raises(ValueError, match="use_transformers_continuous_batching=True with bf16/fp16") as err:
+        apo.APOConfig(str(tmp_path), bf16=True, use_cpu=True, use_transformers_continuous_batching=True)
+    assert "\n" not in str(err.value)
+    cfg = apo.APOConfig(str(tmp_path), bf16=False, use_cpu=True, use_transformers_continuous_batching=True)
+    assert cfg.use_transformers_continuous_batching  # fp32 throughout: nothing to lose

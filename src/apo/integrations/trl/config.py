@@ -224,6 +224,14 @@ class APOConfig(GRPOConfig):
         super().__post_init__()
         if self.cast_lm_head_to_fp32 is None:  # after TRL resolved bf16's default
             self.cast_lm_head_to_fp32 = algo in GROUP_ALGORITHMS and bool(self.bf16 or self.fp16)
+        if self.use_transformers_continuous_batching and (self.bf16 or self.fp16):
+            # TRL 1.16 casts the whole model to bf16/fp16 in place before continuous-batching generation and never
+            # back: the fp32 master weights would be lost and most AdamW updates rounded away (docs/numerics.md).
+            raise ValueError(
+                "use_transformers_continuous_batching=True with bf16/fp16: TRL casts the model's weights to "
+                "bf16/fp16 in place for that generation and never back, losing the fp32 master weights; set "
+                "use_transformers_continuous_batching=False (fast_generation or use_vllm for fast sampling)"
+            )
 
     @classmethod
     def from_grpo_config(cls, config: GRPOConfig, **overrides) -> APOConfig:
