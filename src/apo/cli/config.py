@@ -684,10 +684,8 @@ def _own_keys() -> set[str]:
     return set(_RUN_FIELD_NAMES) | added
 
 
-def to_dict(cfg, *, only_changed: bool = False) -> dict[str, Any]:
-    """The config as a plain mapping (YAML-safe values). ``only_changed`` keeps the run and APO settings and the
-    fields that differ from their dataclass defaults."""
-    own = _own_keys()
+def to_dict(cfg) -> dict[str, Any]:
+    """The config as a plain mapping (YAML-safe values: enums by value, other objects as their text)."""
     out = {}
     for f in dataclasses.fields(cfg):
         if not f.init:
@@ -696,19 +694,7 @@ def to_dict(cfg, *, only_changed: bool = False) -> dict[str, Any]:
         if isinstance(value, enum.Enum):
             value = value.value
         if not isinstance(value, (str, int, float, bool, list, dict, type(None))):
-            if only_changed:  # objects derived by TrainingArguments (accelerator_config, ...): not settings
-                continue
             value = str(value)
-        if only_changed and f.name not in own:
-            default = (
-                f.default
-                if f.default is not dataclasses.MISSING
-                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            )
-            if isinstance(default, enum.Enum):
-                default = default.value
-            if value == default:
-                continue
         out[f.name] = value
     return out
 
