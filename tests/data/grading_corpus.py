@@ -356,6 +356,11 @@ HAND: list[Case] = [
     Case("decimal_comma", "\\boxed{1000,99}", "1000.99", 1),
     Case("decimal_comma", "\\boxed{0.111}", "0,111", 1),
     Case("decimal_comma", "\\boxed{111}", "0,111", 0),
+    Case("decimal_comma", "\\boxed{10, 20}", "10,20", 1),  # a gold "10,20": 10.2 or a list of two numbers
+    Case("decimal_comma", "\\boxed{20, 10}", "10,20", 1),
+    Case("decimal_comma", "\\boxed{10.2}", "10,20", 1),
+    Case("decimal_comma", "\\boxed{10, 21}", "10,20", 0),
+    Case("decimal_comma", "\\boxed{10.3}", "10,20", 0),
     Case("end_token", "So the point is $(7, 6)$. <|im_end|>", "(7, 6)", 1),
     Case("quotes", 'The final answer is \\"(1, 2)\\".', "(1, 2)", 1),
     Case("foreign", "Donc 3 + 4 = 7.\nRéponse : 7", "7", 1),

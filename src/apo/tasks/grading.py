@@ -316,8 +316,8 @@ def trailing_group(text: str) -> str | None:
 _ENGLISH_MARKER_RE = re.compile(r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)", re.IGNORECASE)
 _FOREIGN_MARKER_WORDS = ("réponse", "reponse", "respuesta", "resposta", "antwort", "risposta", "ответ", "答案")
 _MARKER_RE = re.compile(
-    r"####|\b(?:final\s+answer|answer)\b\**\s*(?:is\b\s*:?|:|=)"
-    r"|\b(?:réponse(?:\s+finale)?|reponse|respuesta(?:\s+final)?|resposta|antwort|risposta|ответ)\b\**\s*"
+    _ENGLISH_MARKER_RE.pattern
+    + r"|\b(?:réponse(?:\s+finale)?|reponse|respuesta(?:\s+final)?|resposta|antwort|risposta|ответ)\b\**\s*"
     r"(?:(?:est|es|é|ist|è)\b\s*:?|:|=)"
     r"|(?:最终)?答案\s*(?:是|为|為)\s*[:：]?|(?:最终)?答案\s*[:：]",
     re.IGNORECASE,
@@ -936,16 +936,25 @@ def restates(pred: str, prompt: str, gold: str = "") -> bool:
     return bool(p) and p in normalize(prompt).lower() and p != normalize(gold).lower() and not quick_equal(gold, pred)
 
 
+_AMBIGUOUS_COMMA_RE = re.compile(r"-?[1-9]\d{0,2},\d\d")
+"""A gold that ``parse_number`` reads with a decimal comma but could be a list of two numbers: ``10,20``, ``2,74``."""
+
+
 def quick_equal(gold: str, pred: str) -> bool | None:
     """Equivalence decided without sympy: False for an empty gold or prediction; for a gold that is a plain number
-    (``parse_number``), whether ``pred`` states it (``stated_value(pred) == parse_number(gold)``, exact); True for
-    other golds equal to ``pred`` as normalized strings; None when math-verify must decide."""
+    (``parse_number``), whether ``pred`` states it (``stated_value(pred) == parse_number(gold)``, exact), except
+    that a gold such as ``10,20`` (read as 10.2, but also two numbers) that ``pred`` does not state is left to
+    math-verify, which reads it as a list; True for other golds equal to ``pred`` as normalized strings; None when
+    math-verify must decide."""
     g, p = normalize(gold), normalize(pred)
     if not g or not p:
         return False
     gold_value = parse_number(gold)
     if gold_value is not None:
-        return stated_value(pred) == gold_value
+        if stated_value(pred) == gold_value:
+            return True
+        # "10,20": a decimal comma (10.2) or a list of two numbers; the list reading is math-verify's to decide
+        return None if _AMBIGUOUS_COMMA_RE.fullmatch(g) else False
     return True if g == p else None
 
 
