@@ -12,7 +12,14 @@ from conftest import FAST_DEFAULTS
 
 import apo
 from apo.cli import config as cfglib
-from apo.cli.plots import stability_stats, swept_keys, variant_pairs, welch_interval, write_comparison
+from apo.cli.plots import (
+    slope_interval,
+    stability_stats,
+    swept_keys,
+    variant_pairs,
+    welch_interval,
+    write_comparison,
+)
 from apo.cli.presets import PRESETS, check_keys_read, expand_sweep, preset
 
 
@@ -236,6 +243,21 @@ def test_welch_interval_by_hand():
     assert half == pytest.approx(3.1824 * math.sqrt(4 / 3), rel=1e-6)
     assert welch_interval([1.0, 1.0], [0.5, 0.5]) == (0.5, 0.0)
     assert math.isnan(welch_interval([1.0], [0.0, 1.0])[1])
+
+
+def test_slope_interval_by_hand():
+    # x = 0, 1, 2, 3; y = 1, 3, 2, 6: mean x 1.5, mean y 3, S_xx = 5,
+    # S_xy = (-1.5)(-2) + (-0.5)(0) + (0.5)(-1) + (1.5)(3) = 7 -> b = 1.4, a = 3 - 2.1 = 0.9;
+    # residuals 0.1, 0.7, -1.7, 0.9: rss = 0.01 + 0.49 + 2.89 + 0.81 = 4.2;
+    # se^2 = 4.2 / 2 / 5 = 0.42; t_{0.975, 2} = 4.3027
+    b, half = slope_interval([0.0, 1.0, 2.0, 3.0], [1.0, 3.0, 2.0, 6.0])
+    assert b == pytest.approx(1.4)
+    assert half == pytest.approx(4.3027 * math.sqrt(0.42), rel=1e-5)
+    assert slope_interval([0.0, 1.0, 2.0], [1.0, 3.0, 5.0]) == (pytest.approx(2.0), pytest.approx(0.0, abs=1e-12))
+    assert math.isnan(slope_interval([1.0, 1.0, 1.0], [0.0, 1.0, 2.0])[0])
+    assert math.isnan(slope_interval([0.0, 1.0], [0.0, 1.0])[1])
+    with pytest.raises(ValueError, match="2 y values"):
+        slope_interval([0.0, 1.0, 2.0], [0.0, 1.0])
 
 
 def _fake_run(folder, rewards, after):

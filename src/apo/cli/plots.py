@@ -227,6 +227,29 @@ def group_runs(run_dirs: list[Path]) -> dict[str, list[Path]]:
     return {k: sorted(groups[k], key=lambda p: p.name) for k in sorted(groups, key=rank)}
 
 
+def slope_interval(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """``(b, half_width)`` of the least-squares slope of ``y = a + b x`` with its 95% t-interval:
+    ``b = S_xy / S_xx``, ``se(b)^2 = (sum_i r_i^2 / (n - 2)) / S_xx`` with residuals ``r_i = y_i - a - b x_i``,
+    ``half_width = t_{0.975, n-2} * se(b)``; ``S_xx = sum (x - mean x)^2``, ``S_xy = sum (x - mean x)(y - mean y)``.
+    ``xs``, ``ys``: ``n`` paired values (one run each). NaN half-width for ``n < 3``; both NaN when every ``x`` is
+    equal."""
+    n = len(xs)
+    if n != len(ys):
+        raise ValueError(f"slope_interval: {n} x values but {len(ys)} y values")
+    if n < 2:
+        return math.nan, math.nan
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return math.nan, math.nan
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    if n < 3:
+        return b, math.nan
+    a = my - b * mx
+    rss = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
+    return b, t_quantile_975(n - 2) * math.sqrt(rss / (n - 2) / sxx)
+
+
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 

@@ -1,0 +1,181 @@
+"""The tables of the three alpha studies (docs/results.md, "Where alpha should act"), from a comparison's saved runs.
+
+    python scripts/alpha_studies.py runs/alpha-low --reference apo-fixed@alpha=0.6 --slope alpha
+    python scripts/alpha_studies.py runs/confident-wrong --reference grpo \\
+        --measure runs/confident-wrong/measure.jsonl
+
+Per group of runs (``apo compare`` names them ``<preset>[@key=value...]-seed<k>``), the mean and 95% t half-width
+over seeds of: held-out pass@1 and pass@k at the largest k (``eval_after.json``, unbiased estimator), held-out mean
+reward (partial credit included), distinct answers per prompt, the sampling distribution's mean token entropy on
+held-out prompts (``token_entropy``), TRL's training token entropy over the last 10% of steps (``entropy``), the
+first step whose 10-step mean training reward reaches 0.5 (runs that never do are counted apart), and alpha (mean
+over all steps of all seeds, and the lowest of any step).
+
+``--reference R --by K``: the Welch 95% interval of each group minus the reference group with the same value of the
+swept key ``K`` (``apo-fixed@alpha=0.1@updates_per_rollout=4`` - ``R@updates_per_rollout=4``), on pass@1, pass@k,
+held-out token entropy and distinct answers. ``--slope KEY``: per value of ``--by``, the least-squares slope of
+each of those against the numeric variant ``KEY`` over all runs, with its 95% interval
+(:func:`apo.cli.plots.slope_interval`). ``--measure FILE``: the JSON lines of
+``python scripts/make_confident_wrong.py --measure`` add P(right) and P(dropped-carry answer) on the subset and
+P(right) elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from apo.cli.plots import (
+    find_runs,
+    group_runs,
+    mean_ci,
+    read_metrics,
+    run_stats,
+    slope_interval,
+    variant_pairs,
+    welch_interval,
+)
+
+OUTCOMES = (
+    ("pass1", "pass@1"),
+    ("passk", "pass@k"),
+    ("entropy_eval", "token entropy (held-out)"),
+    ("distinct", "distinct answers"),
+)
+
+
+def run_values(run: Path, measured: dict[str, dict]) -> dict[str, float | None]:
+    """The per-run numbers of the tables (``None`` where missing)."""
+    after = json.loads((run / "eval_after.json").read_text()) if (run / "eval_after.json").is_file() else {}
+    passk = after.get("pass_at_k") or {}  # {"1": mean, ..., "16": mean}
+    ks = sorted(int(k) for k in passk)
+    rows = read_metrics(run)
+    alphas = [float(r["apo/alpha"]) for r in rows if "apo/alpha" in r]
+    stats = run_stats(run)
+    out = {
+        "pass1": passk.get("1"),
+        "passk": passk[str(ks[-1])] if ks else None,
+        "k": ks[-1] if ks else None,
+        "reward": after.get("reward"),
+        "distinct": after.get("distinct_answers"),
+        "entropy_eval": after.get("token_entropy"),
+        "entropy_train": stats["final_entropy"],
+        "steps_to_half": stats["steps_to_threshold"],
+        "alpha_mean": sum(alphas) / len(alphas) if alphas else None,
+        "alpha_min": min(alphas) if alphas else None,
+    }
+    m = measured.get(run.name)
+    if m:
+        out.update(right_subset=m["subset_p_right"], wrong_subset=m["subset_p_wrong"], right_rest=m["rest_p_right"])
+    return out
+
+
+def _fmt(values: list[float | None], decimals: int = 3) -> str:
+    xs = [v for v in values if v is not None and not math.isnan(v)]
+    if not xs:
+        return "—"
+    m, half, n = mean_ci(xs)
+    return f"{m:.{decimals}f}" if n < 2 else f"{m:.{decimals}f} ± {half:.{decimals}f}"
+
+
+def group_table(values: dict[str, list[dict]], measured: bool) -> str:
+    """Markdown: one row per group, ``mean ± 95% half-width`` over its seeds."""
+    cols = [
+        ("pass1", "pass@1", 3),
+        ("passk", "pass@k", 3),
+        ("reward", "reward", 3),
+        ("distinct", "distinct", 2),
+        ("entropy_eval", "entropy (held-out)", 3),
+        ("entropy_train", "entropy (training, last 10%)", 3),
+    ]
+    if measured:
+        cols += [("right_subset", "P(right) subset", 3), ("wrong_subset", "P(carry dropped) subset", 3)]
+        cols += [("right_rest", "P(right) elsewhere", 3)]
+    head = "| group | n | " + " | ".join(t for _, t, _ in cols) + " | steps to 0.5 | alpha mean (min) |"
+    lines = [head, "|---|---|" + "---|" * (len(cols) + 2)]
+    for label, runs in values.items():
+        cells = [_fmt([r.get(key) for r in runs], d) for key, _, d in cols]
+        reached = [r["steps_to_half"] for r in runs if r["steps_to_half"] is not None]
+        steps = _fmt([float(s) for s in reached], 0) + (
+            f" ({len(runs) - len(reached)} never)" if len(reached) < len(runs) else ""
+        )
+        alphas = [r["alpha_mean"] for r in runs if r["alpha_mean"] is not None]
+        lows = [r["alpha_min"] for r in runs if r["alpha_min"] is not None]
+        alpha = f"{sum(alphas) / len(alphas):.3f} ({min(lows):.3f})" if alphas else "—"
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + f" | {steps} | {alpha} |")
+    return "\n".join(lines)
+
+
+def _matching(label: str, reference: str, by: str) -> str:
+    """The reference group's label with ``label``'s value of the swept key ``by``."""
+    pairs = variant_pairs(label)[1]
+    return reference + (f"@{by}={pairs[by]}" if by in pairs else "")
+
+
+def reference_table(values: dict[str, list[dict]], reference: str, by: str) -> str:
+    """Markdown: Welch 95% intervals of each group minus its matching reference group, per outcome."""
+    lines = ["| group − " + reference + " | " + " | ".join(t for _, t in OUTCOMES) + " |"]
+    lines.append("|---|" + "---|" * len(OUTCOMES))
+    for label, runs in values.items():
+        ref = _matching(label, reference, by)
+        if ref == label or ref not in values:
+            continue
+        cells = []
+        for key, _ in OUTCOMES:
+            xs = [r[key] for r in runs if r[key] is not None]
+            ys = [r[key] for r in values[ref] if r[key] is not None]
+            diff, half = welch_interval(xs, ys)
+            cells.append(f"{diff:+.3f} ± {half:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def slope_table(values: dict[str, list[dict]], key: str, by: str) -> str:
+    """Markdown: per value of ``by``, the slope of each outcome against the numeric variant ``key``, 95% interval."""
+    points: dict[str, list[tuple[float, dict]]] = {}
+    for label, runs in values.items():
+        pairs = variant_pairs(label)[1]
+        if key in pairs:
+            points.setdefault(pairs.get(by, "—"), []).extend((float(pairs[key]), r) for r in runs)
+    lines = [f"| {by} | runs | " + " | ".join(f"d({t}) / d{key}" for _, t in OUTCOMES) + " |"]
+    lines.append("|---|---|" + "---|" * len(OUTCOMES))
+    for value, pts in points.items():
+        cells = []
+        for outcome, _ in OUTCOMES:
+            xy = [(x, r[outcome]) for x, r in pts if r[outcome] is not None]
+            b, half = slope_interval([x for x, _ in xy], [y for _, y in xy])
+            cells.append(f"{b:+.3f} ± {half:.3f}")
+        lines.append(f"| {value} | {len(pts)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="comparison folders or run directories")
+    p.add_argument("--by", default="updates_per_rollout", help="the swept key that pairs a group with its reference")
+    p.add_argument("--reference", default="", help="the group every other is compared with (Welch intervals)")
+    p.add_argument("--slope", default="", help="a numeric variant key: slope of each outcome against it")
+    p.add_argument("--measure", type=Path, help="JSON lines of scripts/make_confident_wrong.py --measure")
+    opts = p.parse_args()
+    measured = {}
+    if opts.measure:
+        for line in opts.measure.read_text().splitlines():
+            row = json.loads(line)
+            measured[Path(row["run"]).name] = row
+    groups = group_runs(find_runs(opts.paths))
+    values = {label: [run_values(r, measured) for r in runs] for label, runs in groups.items()}
+    ks = {r["k"] for runs in values.values() for r in runs if r["k"]}
+    print(f"pass@k at k = {sorted(ks)}; mean ± 95% t half-width over seeds\n")
+    print(group_table(values, bool(measured)))
+    if opts.reference:
+        print()
+        print(reference_table(values, opts.reference, opts.by))
+    if opts.slope:
+        print()
+        print(slope_table(values, opts.slope, opts.by))
+
+
+if __name__ == "__main__":
+    main()
