@@ -56,6 +56,46 @@ def test_master_weights_false_trains_bf16_weights_with_kahan_sums_on_cpu(tmp_pat
     assert _changed(start, end, torch.bfloat16) >= 0.5
 
 
+def test_kahan_adamw_decays_weights_not_biases_or_norms(tokenizer):
+    """The Trainer's rule for weight decay (``get_decay_parameter_names``): matrices decay, norm weights do not."""
+    pytest.importorskip("optimi")
+    from conftest import build_tiny_llama
+
+    from apo.integrations.trl.precision import kahan_adamw
+
+    model = build_tiny_llama(tokenizer).to(torch.bfloat16)
+    opt = kahan_adamw(model, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in opt.param_groups}
+    assert set(by_decay) == {0.5, 0.0}
+    assert by_decay[0.0] and all("norm" in n for n in by_decay[0.0])
+    assert any(n.endswith("q_proj.weight") for n in by_decay[0.5])
+    assert not any("norm" in n for n in by_decay[0.5])
+    assert by_decay[0.0] | by_decay[0.5] == {n for n, p in model.named_parameters() if p.requires_grad}
+    # with no gradient signal, a decayed weight shrinks and a norm weight does not (lr * wd = 5e-3 per step)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    norm = next(p for n, p in model.named_parameters() if n in by_decay[0.0])
+    proj = next(p for n, p in model.named_parameters() if n.endswith("q_proj.weight"))
+    norm0, proj0 = norm.detach().float().clone(), proj.detach().float().clone()
+    for _ in range(20):
+        opt.step()
+    assert torch.equal(norm.detach().float(), norm0)
+    assert proj.detach().float().abs().sum() < proj0.abs().sum() * 0.95  # 0.995^20 = 0.905 in exact arithmetic
+    # torch-optimi decays outside its Kahan sum: lr * wd below half a bf16 ulp would never move a weight
+    with pytest.raises(ValueError, match=r"weight_decay=0.1 with master_weights=false.*no weight would ever decay"):
+        kahan_adamw(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+
+
+def test_weight_decay_rounded_away_is_one_line_naming_the_keys(tmp_path, capsys):
+    pytest.importorskip("optimi")
+    args = ["train", f"output_dir={tmp_path / 'run'}", "max_steps=1", "bf16=true", "master_weights=false"]
+    assert main([*args, "weight_decay=0.01", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "weight_decay=0.01 with master_weights=false" in err[0] and "weight_decay=0" in err[0]
+    assert not (tmp_path / "run" / "final").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

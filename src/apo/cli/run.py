@@ -107,7 +107,14 @@ def load_policy(cfg):
     from apo.cli.lora import adapter_base, load_adapter_model
     from apo.integrations.trl.precision import check_precision_settings, weight_dtype
 
-    check_precision_settings(cfg.bf16, cfg.fp16, cfg.master_weights, cfg.use_cpu)
+    check_precision_settings(
+        cfg.bf16,
+        cfg.fp16,
+        cfg.master_weights,
+        cfg.use_cpu,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
     path, tokenizer = load_tokenizer(cfg)
     dtype = weight_dtype(cfg.bf16, cfg.fp16, cfg.master_weights)
     if adapter_base(path) is not None:

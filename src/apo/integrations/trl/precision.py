@@ -32,13 +32,44 @@ def weight_dtype(bf16: bool, fp16: bool, master_weights: bool) -> torch.dtype:
     return torch.bfloat16 if bf16 else torch.float16
 
 
-def check_precision_settings(bf16: bool, fp16: bool, master_weights: bool, use_cpu: bool) -> None:
+MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}
+
+
+def weight_decay_error(learning_rate: float, weight_decay: float, dtype: torch.dtype) -> str | None:
+    """One line when decoupled weight decay on ``dtype`` weights without compensation rounds away.
+
+    torch-optimi applies AdamW's decay as ``w <- w (1 - lr wd)`` directly on the low-precision weight, outside its
+    Kahan sum. A relative change ``delta = lr wd`` survives rounding to nearest only where it reaches half the
+    relative spacing of ``w``, which lies in ``[2^-(m+2), 2^-(m+1))`` (``m`` mantissa bits: 7 for bf16): below
+    ``2^-(m+1)`` some weights never decay, below ``2^-(m+2)`` none does. None when nothing is lost."""
+    delta = learning_rate * weight_decay
+    m = MANTISSA_BITS[dtype]
+    if weight_decay == 0 or delta >= 2.0 ** -(m + 1):
+        return None
+    part = "no weight" if delta < 2.0 ** -(m + 2) else "some weights"
+    return (
+        f"weight_decay={weight_decay:g} with master_weights=false: torch-optimi decays {dtype} weights outside its "
+        f"Kahan sum, and learning_rate x weight_decay = {delta:.2g} is below half a {dtype} ulp (2^-{m + 1}), so "
+        f"{part} would ever decay; set weight_decay=0 or master_weights=true"
+    )
+
+
+def check_precision_settings(
+    bf16: bool,
+    fp16: bool,
+    master_weights: bool,
+    use_cpu: bool,
+    *,
+    learning_rate: float = 0.0,
+    weight_decay: float = 0.0,
+) -> None:
     """Reject contradictory precision settings in one line naming the keys.
 
     Raises:
         ValueError: ``bf16`` and ``fp16`` together; ``fp16`` on a machine without fp16 autocast (a CPU: accelerate
             would silently train in fp32); ``master_weights=false`` without ``bf16``/``fp16``, or without
-            torch-optimi installed.
+            torch-optimi installed, or with a ``weight_decay`` the low-precision weights would round away
+            (:func:`weight_decay_error`).
     """
     if bf16 and fp16:
         raise ValueError("bf16=true and fp16=true together: set one of them to false")
@@ -57,23 +88,46 @@ def check_precision_settings(bf16: bool, fp16: bool, master_weights: bool, use_c
                 "master_weights=false trains low-precision weights with torch-optimi's Kahan-summed AdamW, which is "
                 "not installed: pip install 'apo[lowprec]', or set master_weights=true"
             ) from None
+        error = weight_decay_error(learning_rate, weight_decay, weight_dtype(bf16, fp16, master_weights))
+        if error:
+            raise ValueError(error)
 
 
 def kahan_adamw(model: nn.Module, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float):
     """torch-optimi's ``AdamW`` with Kahan summation over the trainable parameters of ``model``: the update is
     ``torch.optim.AdamW``'s (weight decay scaled by lr, as in PyTorch), and for bf16/fp16 parameters a compensation
-    buffer of the same dtype keeps the rounding error of every step and adds it back at the next."""
-    from optimi import AdamW
+    buffer of the same dtype keeps the rounding error of every step and adds it back at the next.
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    return AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, kahan_sum=True)
+    Two parameter groups, as the Trainer builds its own optimizer: ``weight_decay`` on the parameters that
+    ``Trainer.get_decay_parameter_names`` names (not biases, not norm weights), 0 on the others.
+
+    Raises:
+        ValueError: a ``weight_decay`` that low-precision weights would round away (:func:`weight_decay_error`)."""
+    from optimi import AdamW
+    from transformers import Trainer
+
+    dtypes = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in LOW_PRECISION}
+    for dtype in sorted(dtypes, key=str):
+        error = weight_decay_error(lr, weight_decay, dtype)
+        if error:
+            raise ValueError(error)
+
+    # get_decay_parameter_names reads nothing from the Trainer instance: the same rule as the Trainer's optimizer
+    decay = set(Trainer.get_decay_parameter_names(None, model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    return AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, kahan_sum=True)
 
 
 def half_ulp(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Half a unit in the last place of each ``|w|`` in ``dtype``: the smallest change that survives rounding to
     nearest, ``2^(floor(log2 |w|) - m - 1)`` with ``m`` the mantissa bits (7 for bf16, 10 for fp16, 23 for fp32);
     same shape as ``w``; 0 where ``w = 0``."""
-    m = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23, torch.float64: 52}[dtype]
+    m = MANTISSA_BITS[dtype]
     a = w.detach().abs().double()
     exponent = torch.floor(torch.log2(a.clamp(min=torch.finfo(torch.float64).tiny)))
     return torch.where(a > 0, torch.exp2(exponent - m - 1), torch.zeros_like(a))
