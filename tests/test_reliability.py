@@ -172,7 +172,23 @@ def test_a_location_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, ca
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     assert main(["plot", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["apo: error: could not write 'figs/table.json': Permission denied"]
+    assert err == ["apo: error: could not access 'figs/table.json': Permission denied"]
+
+
+def test_a_full_disk_is_one_line_saying_write(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import apo.cli.compare as comparelib
+
+    def plot_comparison(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "figs/table.json")
+
+    monkeypatch.setattr(comparelib, "plot_comparison", plot_comparison)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    assert main(["plot", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["apo: error: could not write 'figs/table.json': No space left on device"]
 
 
 # --- ranges ---------------------------------------------------------------------------------------------------------

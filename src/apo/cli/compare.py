@@ -382,8 +382,9 @@ def plot_comparison(run_dirs: list[Path], out_dir: str | Path | None = None, **k
     from apo.cli.coverage import write_coverage
     from apo.cli.plots import find_runs, group_runs, write_comparison
 
-    out = write_comparison(run_dirs, out_dir, **kw)
-    write_coverage(group_runs(find_runs(run_dirs)), out)
+    runs = find_runs(run_dirs)
+    out = write_comparison(runs, out_dir, **kw)
+    write_coverage(group_runs(runs), out)
     return out
 
 

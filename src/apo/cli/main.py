@@ -35,7 +35,9 @@ from apo.cli.process import RunStopped, children_die_with_this_process, setup
 __all__ = ["build_parser", "main", "setup"]
 
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR, errno.ENOTDIR}
-"""``OSError`` numbers of a location that cannot be written: said in one line by :func:`main`."""
+"""``OSError`` numbers of a location that cannot be read or written: said in one line by :func:`main`."""
+WRITE_ONLY_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+"""Those of them only a write can meet (the line says "could not write"; the others, "could not access")."""
 
 CONFIG_KEYS_HINT = "Every config key, with its type, default, allowed range and help: apo config --all"
 
@@ -379,9 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if e.errno not in UNWRITABLE:
             raise
-        # a location that could not be written (permissions, a read-only or full disk): one line, no traceback
+        # a location that could not be read or written (permissions, a read-only or full disk): one line, no traceback
         where = f" {e.filename!r}" if e.filename else ""
-        print(f"apo: error: could not write{where}: {e.strerror or e}", file=sys.stderr)
+        verb = "write" if e.errno in WRITE_ONLY_ERRORS else "access"
+        print(f"apo: error: could not {verb}{where}: {e.strerror or e}", file=sys.stderr)
         return 1
     finally:
         close_children()  # every reward worker and grader process ends with the command, within seconds
