@@ -15,9 +15,9 @@ over all steps of all seeds, and the lowest of any step).
 swept key ``K`` (``apo-fixed@alpha=0.1@updates_per_rollout=4`` - ``R@updates_per_rollout=4``), on pass@1, pass@k,
 held-out token entropy and distinct answers. ``--slope KEY``: per value of ``--by``, the least-squares slope of
 each of those against the numeric variant ``KEY`` over all runs, with its 95% interval
-(:func:`apo.cli.plots.slope_interval`). ``--measure FILE``: the JSON lines of
-``python scripts/make_confident_wrong.py --measure`` add P(right) and P(dropped-carry answer) on the subset and
-P(right) elsewhere.
+(:func:`apo.cli.plots.slope_interval`), and with ``--figure F.png`` the four against ``KEY``.
+``--measure FILE``: the JSON lines of ``python scripts/make_confident_wrong.py --measure`` add P(right) and
+P(dropped-carry answer) on the subset and P(right) elsewhere.
 """
 
 from __future__ import annotations
@@ -151,6 +151,36 @@ def slope_table(values: dict[str, list[dict]], key: str, by: str) -> str:
     return "\n".join(lines)
 
 
+def slope_figure(values: dict[str, list[dict]], key: str, by: str, out: Path) -> Path:
+    """``out``: pass@1, pass@k, held-out token entropy and distinct answers against the numeric variant ``key``, one
+    line per value of ``by``, mean ± 95% t half-width over seeds."""
+    from apo.cli.plots import _pyplot
+
+    plt = _pyplot()
+    lines: dict[str, list[tuple[float, list[dict]]]] = {}
+    for label, runs in values.items():
+        pairs = variant_pairs(label)[1]
+        if key in pairs:
+            lines.setdefault(f"{by}={pairs.get(by, '—')}", []).append((float(pairs[key]), runs))
+    fig, axes = plt.subplots(1, len(OUTCOMES), figsize=(4.2 * len(OUTCOMES), 3.4))
+    for ax, (outcome, title) in zip(axes, OUTCOMES, strict=True):
+        for i, (name, pts) in enumerate(sorted(lines.items())):
+            pts = sorted(pts, key=lambda p: p[0])
+            stats = [mean_ci([r[outcome] for r in runs if r[outcome] is not None]) for _, runs in pts]
+            xs = [x + 0.006 * (i - (len(lines) - 1) / 2) for x, _ in pts]
+            ax.errorbar(xs, [m for m, _, _ in stats], yerr=[h if h == h else 0.0 for _, h, _ in stats], marker="o",
+                        ms=3.5, lw=1.2, capsize=3, label=name)  # fmt: skip
+        ax.set_xlabel(key)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Held-out, after training, against {key}: mean ± 95% t-interval over seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="comparison folders or run directories")
@@ -158,6 +188,7 @@ def main() -> None:
     p.add_argument("--reference", default="", help="the group every other is compared with (Welch intervals)")
     p.add_argument("--slope", default="", help="a numeric variant key: slope of each outcome against it")
     p.add_argument("--measure", type=Path, help="JSON lines of scripts/make_confident_wrong.py --measure")
+    p.add_argument("--figure", type=Path, help="with --slope: draw the outcomes against that key into this PNG")
     opts = p.parse_args()
     measured = {}
     if opts.measure:
@@ -175,6 +206,8 @@ def main() -> None:
     if opts.slope:
         print()
         print(slope_table(values, opts.slope, opts.by))
+        if opts.figure:
+            slope_figure(values, opts.slope, opts.by, opts.figure)
 
 
 if __name__ == "__main__":
