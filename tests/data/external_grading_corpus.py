@@ -96,7 +96,6 @@ POLICY: dict[str, str] = {
     "x366": "no format is required: TRL's reasoning_accuracy_reward asks for </think>",
     "x371": _MC,
     "x372": _MC,
-    "x374": _MC,
     "x375": _MC,
     "x377": _MC,
     "x378": _MC,
@@ -125,7 +124,6 @@ GRADER_ERRORS: dict[str, str] = {
     "x058": "the answer after a broken box is a marker's quoted '$12 $ and $13 $'; read as 12",
     "x191": "a list of pairs (5,2),(7,2) for the gold p=5,q=2;p=7,q=2: math-verify does not pair them",
     "x234": "two boxes separated by 'and y_2 =' (a digit in the gap): only the last box is read",
-    "x280": "a bare answer 'C. x = 42' for the gold C: the choice letter is not taken from a bare answer",
     "x396": "the number inside a French sentence after 'Réponse:' (220 ... 12 mois): several numbers",
     "x408": "the gold p = 5, q = 2 \\quad \\text{and} \\quad p = 7, q = 2 against p=5,q=2;p=7,q=2",
 }

@@ -361,6 +361,11 @@ HAND: list[Case] = [
     Case("decimal_comma", "\\boxed{10.2}", "10,20", 1),
     Case("decimal_comma", "\\boxed{10, 21}", "10,20", 0),
     Case("decimal_comma", "\\boxed{10.3}", "10,20", 0),
+    Case("bare_choice", "C. x = 42", "C", 1),  # a one-line answer that opens with the choice letter
+    Case("bare_choice", "(B) 12", "B", 1),
+    Case("bare_choice", "A. x = 42", "C", 0),
+    Case("bare_choice", "Cats like boxes.", "C", 0),
+    Case("bare_choice", "C. 5", "5", 0),
     Case("end_token", "So the point is $(7, 6)$. <|im_end|>", "(7, 6)", 1),
     Case("quotes", 'The final answer is \\"(1, 2)\\".', "(1, 2)", 1),
     Case("foreign", "Donc 3 + 4 = 7.\nRéponse : 7", "7", 1),

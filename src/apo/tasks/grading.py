@@ -16,9 +16,10 @@ Extraction (``extract_answer(text, answer_format, gold=None)``), in order:
    - ``"auto"``: whichever of the last box and the last marker comes later, else the fallback: what a careful
      human grader reads as the answer.
 
-   The fallback: a final tuple; the whole text when it is a bare answer (``bare_answer``: ``x^2 + 2*x + 1``,
-   ``\\text{odd}``); the last math span with no number after it (``last_math``), for a gold that is not a plain
-   number or when the span is a relation (``Therefore $x \\geq 5$ is the solution.``); else the last number. A gold
+   The fallback: for a gold that is one choice letter, the letter that opens a one-line answer (``C. x = 42``); a
+   final tuple; the whole text when it is a bare answer (``bare_answer``: ``x^2 + 2*x + 1``, ``\\text{odd}``); the
+   last math span with no number after it (``last_math``), for a gold that is not a plain number or when the span is
+   a relation (``Therefore $x \\geq 5$ is the solution.``); else the last number. A gold
    with several parts (``several_parts``) takes the run of boxes that ends the text (``boxed_run``) instead of the
    last box. Chat-template tokens at the end (``<|im_end|>``) are ignored.
 
@@ -408,10 +409,10 @@ def marker_answer(line: str) -> str:
 def extract_answer(text: str, answer_format: str = "auto", gold: str | None = None) -> str | None:
     """The answer of a completion under ``answer_format`` (module docstring), or None when it has none.
 
-    ``gold``, when given, shapes two rules: for a gold with several parts (``several_parts``) the answer in a box is
-    the run of boxes that ends the text (``boxed_run``), and the last math span (``last_math``) comes before the last
+    ``gold``, when given, shapes three rules: for a gold with several parts (``several_parts``) the answer in a box is
+    the run of boxes that ends the text (``boxed_run``); the last math span (``last_math``) comes before the last
     number for a gold that is not a plain number, and for a plain-number gold when the span is a relation
-    (``x \\geq 5``).
+    (``x \\geq 5``); for a gold that is one choice letter, a one-line answer that opens with a letter is that letter.
 
     Raises:
         ValueError: an unknown ``answer_format``.
@@ -431,12 +432,30 @@ def extract_answer(text: str, answer_format: str = "auto", gold: str | None = No
             return (several and boxed_run(text)) or text[span[0] : span[1]]
     if marker is not None and marker[1]:
         return marker[1]
+    if gold is not None and _CHOICE_GOLD_RE.fullmatch(gold.strip()):
+        choice = _bare_choice(text)  # "C. x = 42" for the gold C
+        if choice is not None:
+            return choice
     found = trailing_group(text) or bare_answer(text)
     if found is None and gold is not None:
         span = last_math(text)  # for a numeric gold, only a relation: Therefore $x \geq 5$ is not 5
         if span is not None and (parse_number(gold) is None or unworked(span) == _RELATION):
             found = span
     return found or last_number(text)
+
+
+_CHOICE_GOLD_RE = re.compile(r"\(?[A-H]\)?")
+"""A multiple-choice gold: one letter A-H, bare or in parentheses."""
+
+
+def _bare_choice(text: str) -> str | None:
+    """The choice letter that opens a one-line completion of at most ``BARE_ANSWER_CHARS`` characters and is followed
+    by a period, comma, colon, semicolon or parenthesis (``C. x = 42`` -> ``C``; ``(B) 12`` -> ``B``), else None."""
+    t = _WRAPPERS_RE.sub("", text).strip()
+    if not t or len(t) > BARE_ANSWER_CHARS or "\n" in t:
+        return None
+    m = _LEADING_CHOICE_RE.match(t)
+    return m.group(1) if m else None
 
 
 _END_TOKEN_RE = re.compile(r"(?:<\|[A-Za-z_]{1,30}\|>|</s>|<eos>|<end_of_turn>)$")
