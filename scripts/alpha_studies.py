@@ -17,7 +17,8 @@ held-out token entropy and distinct answers. ``--slope KEY``: per value of ``--b
 each of those against the numeric variant ``KEY`` over all runs, with its 95% interval
 (:func:`apo.cli.plots.slope_interval`), and with ``--figure F.png`` the four against ``KEY``.
 ``--measure FILE``: the JSON lines of ``python scripts/make_confident_wrong.py --measure`` add P(right) and
-P(dropped-carry answer) on the subset and P(right) elsewhere.
+P(dropped-carry answer) on the subset and P(right) elsewhere. ``--guard``: the guarded schedule's signals
+(:func:`guard_table`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,37 @@ def slope_figure(values: dict[str, list[dict]], key: str, by: str, out: Path) ->
     return out
 
 
+def guard_table(groups: dict[str, list[Path]]) -> str:
+    """Markdown: for the groups whose runs log the guarded schedule (``apo/guard_*``), over all steps of all seeds,
+    the mean confidence ``c_t`` and improvement ``p_t`` (Eq. 19-20), the share of steps with ``p_t = 0`` (stuck),
+    and the mean change of alpha from the step before on stuck steps and on improving ones (Eq. 22-23: alpha rises
+    back toward ``alpha_max`` when stuck, falls when confident and improving), and alpha's range."""
+    head = "| group | steps | mean c_t | mean p_t | steps with p_t = 0 | mean Δalpha, p_t = 0 | mean Δalpha, p_t > 0 |"
+    lines = [head + " alpha range |", "|---|---|---|---|---|---|---|---|"]
+    for label, runs in groups.items():
+        conf, imp, stuck, moving, alphas = [], [], [], [], []
+        for run in runs:
+            rows = [r for r in read_metrics(run) if "apo/guard_confidence" in r and "apo/alpha" in r]
+            for prev, row in zip(rows, rows[1:], strict=False):
+                delta = row["apo/alpha"] - prev["apo/alpha"]
+                (stuck if row["apo/guard_improvement"] == 0 else moving).append(delta)
+            conf += [r["apo/guard_confidence"] for r in rows]
+            imp += [r["apo/guard_improvement"] for r in rows]
+            alphas += [r["apo/alpha"] for r in rows]
+        if not conf:
+            continue
+
+        def mean(xs):
+            return f"{sum(xs) / len(xs):+.4f}" if xs else "—"
+
+        lines.append(
+            f"| {label} | {len(conf)} | {sum(conf) / len(conf):.3f} | {sum(imp) / len(imp):.3f} | "
+            f"{len(stuck) / max(1, len(stuck) + len(moving)):.2f} | {mean(stuck)} | {mean(moving)} | "
+            f"{min(alphas):.3f}–{max(alphas):.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="comparison folders or run directories")
@@ -189,6 +221,7 @@ def main() -> None:
     p.add_argument("--slope", default="", help="a numeric variant key: slope of each outcome against it")
     p.add_argument("--measure", type=Path, help="JSON lines of scripts/make_confident_wrong.py --measure")
     p.add_argument("--figure", type=Path, help="with --slope: draw the outcomes against that key into this PNG")
+    p.add_argument("--guard", action="store_true", help="the guarded schedule's confidence, improvement and alpha")
     opts = p.parse_args()
     measured = {}
     if opts.measure:
@@ -208,6 +241,9 @@ def main() -> None:
         print(slope_table(values, opts.slope, opts.by))
         if opts.figure:
             slope_figure(values, opts.slope, opts.by, opts.figure)
+    if opts.guard:
+        print()
+        print(guard_table(groups))
 
 
 if __name__ == "__main__":
