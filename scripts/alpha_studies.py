@@ -18,7 +18,7 @@ each of those against the numeric variant ``KEY`` over all runs, with its 95% in
 (:func:`apo.cli.plots.slope_interval`), and with ``--figure F.png`` the four against ``KEY``.
 ``--measure FILE``: the JSON lines of ``python scripts/make_confident_wrong.py --measure`` add P(right) and
 P(dropped-carry answer) on the subset and P(right) elsewhere. ``--guard``: the guarded schedule's signals
-(:func:`guard_table`).
+(:func:`guard_table`). ``--traces F.png``: alpha, training reward and token entropy per step (:func:`trace_figure`).
 """
 
 from __future__ import annotations
@@ -213,6 +213,54 @@ def guard_table(groups: dict[str, list[Path]]) -> str:
     return "\n".join(lines)
 
 
+TRACES = (
+    ("apo/alpha", "alpha used"),
+    ("reward", "training reward (10-step mean)"),
+    ("entropy", "token entropy, training (10-step mean)"),
+)
+
+
+def trace_figure(groups: dict[str, list[Path]], out: Path) -> Path:
+    """``out``: alpha, training reward and token entropy over optimizer steps, one line per group (mean over seeds,
+    a 95% t band), the last two smoothed over 10 steps; the legend below the panels."""
+    from apo.cli.plots import _pyplot, metric, moving_average
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(TRACES), figsize=(4.6 * len(TRACES), 3.6))
+    for i, (label, runs) in enumerate(groups.items()):
+        for ax, (key, title) in zip(axes, TRACES, strict=True):
+            series = []
+            for run in runs:
+                pts = [(r["step"], metric(r, key)) for r in read_metrics(run) if key in r]
+                pts = [(x, y) for x, y in pts if y is not None]
+                ys = [y for _, y in pts] if key == "apo/alpha" else moving_average([y for _, y in pts])
+                series.append(dict(zip([x for x, _ in pts], ys, strict=True)))
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series and all(series) else []
+            if not steps:
+                continue
+            stats = [mean_ci([s[t] for s in series]) for t in steps]
+            mean = [m for m, _, _ in stats]
+            half = [h if h == h else 0.0 for _, h, _ in stats]
+            line = ax.plot(steps, mean, lw=1.3, label=label, color=plt.get_cmap("tab10")(i % 10))[0]
+            low = [m - h for m, h in zip(mean, half, strict=True)]
+            high = [m + h for m, h in zip(mean, half, strict=True)]
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(labels) + 1) // 2), 1, 1))
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="comparison folders or run directories")
@@ -222,6 +270,7 @@ def main() -> None:
     p.add_argument("--measure", type=Path, help="JSON lines of scripts/make_confident_wrong.py --measure")
     p.add_argument("--figure", type=Path, help="with --slope: draw the outcomes against that key into this PNG")
     p.add_argument("--guard", action="store_true", help="the guarded schedule's confidence, improvement and alpha")
+    p.add_argument("--traces", type=Path, help="draw alpha, training reward and entropy per step into this PNG")
     opts = p.parse_args()
     measured = {}
     if opts.measure:
@@ -244,6 +293,8 @@ def main() -> None:
     if opts.guard:
         print()
         print(guard_table(groups))
+    if opts.traces:
+        trace_figure(groups, opts.traces)
 
 
 if __name__ == "__main__":
