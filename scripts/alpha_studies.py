@@ -81,31 +81,41 @@ def _fmt(values: list[float | None], decimals: int = 3) -> str:
     return f"{m:.{decimals}f}" if n < 2 else f"{m:.{decimals}f} ± {half:.{decimals}f}"
 
 
-def group_table(values: dict[str, list[dict]], measured: bool) -> str:
-    """Markdown: one row per group, ``mean ± 95% half-width`` over its seeds."""
-    cols = [
-        ("pass1", "pass@1", 3),
-        ("passk", "pass@k", 3),
-        ("reward", "reward", 3),
-        ("distinct", "distinct", 2),
-        ("entropy_eval", "entropy (held-out)", 3),
-        ("entropy_train", "entropy (training, last 10%)", 3),
-    ]
-    if measured:
-        cols += [("right_subset", "P(right) subset", 3), ("wrong_subset", "P(carry dropped) subset", 3)]
-        cols += [("right_rest", "P(right) elsewhere", 3)]
-    head = "| group | n | " + " | ".join(t for _, t, _ in cols) + " | steps to 0.5 | alpha mean (min) |"
-    lines = [head, "|---|---|" + "---|" * (len(cols) + 2)]
+COLUMNS = {
+    "pass1": ("pass@1", 3),
+    "passk": ("pass@k", 3),
+    "reward": ("reward", 3),
+    "distinct": ("distinct", 2),
+    "entropy_eval": ("entropy (held-out)", 3),
+    "entropy_train": ("entropy (training, last 10%)", 3),
+    "right_subset": ("P(right) subset", 3),
+    "wrong_subset": ("P(carry dropped) subset", 3),
+    "right_rest": ("P(right) elsewhere", 3),
+    "steps": ("steps to 0.5", 0),
+    "alpha": ("alpha mean (min)", 3),
+}
+"""The columns of :func:`group_table` by name (``--columns``): title and decimals."""
+
+
+def group_table(values: dict[str, list[dict]], columns: list[str]) -> str:
+    """Markdown: one row per group, ``mean ± 95% half-width`` over its seeds, in the named ``columns``
+    (:data:`COLUMNS`); ``steps``: the mean first step whose 10-step training reward reaches 0.5 (runs that never do
+    counted apart); ``alpha``: the mean over all steps of all seeds, and the lowest of any step."""
+    lines = ["| group | n | " + " | ".join(COLUMNS[c][0] for c in columns) + " |", "|---|---|" + "---|" * len(columns)]
     for label, runs in values.items():
-        cells = [_fmt([r.get(key) for r in runs], d) for key, _, d in cols]
-        reached = [r["steps_to_half"] for r in runs if r["steps_to_half"] is not None]
-        steps = _fmt([float(s) for s in reached], 0) + (
-            f" ({len(runs) - len(reached)} never)" if len(reached) < len(runs) else ""
-        )
-        alphas = [r["alpha_mean"] for r in runs if r["alpha_mean"] is not None]
-        lows = [r["alpha_min"] for r in runs if r["alpha_min"] is not None]
-        alpha = f"{sum(alphas) / len(alphas):.3f} ({min(lows):.3f})" if alphas else "—"
-        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + f" | {steps} | {alpha} |")
+        cells = []
+        for col in columns:
+            if col == "steps":
+                reached = [float(r["steps_to_half"]) for r in runs if r["steps_to_half"] is not None]
+                never = len(runs) - len(reached)
+                cells.append(_fmt(reached, 0) + (f" ({never} never)" if never else ""))
+            elif col == "alpha":
+                alphas = [r["alpha_mean"] for r in runs if r["alpha_mean"] is not None]
+                lows = [r["alpha_min"] for r in runs if r["alpha_min"] is not None]
+                cells.append(f"{sum(alphas) / len(alphas):.3f} ({min(lows):.3f})" if alphas else "—")
+            else:
+                cells.append(_fmt([r.get(col) for r in runs], COLUMNS[col][1]))
+        lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -115,18 +125,24 @@ def _matching(label: str, reference: str, by: str) -> str:
     return reference + (f"@{by}={pairs[by]}" if by in pairs else "")
 
 
+MEASURED = (("right_subset", "P(right) subset"), ("wrong_subset", "P(carry dropped) subset"))
+
+
 def reference_table(values: dict[str, list[dict]], reference: str, by: str) -> str:
-    """Markdown: Welch 95% intervals of each group minus its matching reference group, per outcome."""
-    lines = ["| group − " + reference + " | " + " | ".join(t for _, t in OUTCOMES) + " |"]
-    lines.append("|---|" + "---|" * len(OUTCOMES))
+    """Markdown: Welch 95% intervals of each group minus its matching reference group, per outcome (and the subset
+    probabilities when measured)."""
+    measured = any("right_subset" in r for runs in values.values() for r in runs)
+    outcomes = OUTCOMES + (MEASURED if measured else ())
+    lines = ["| group − " + reference + " | " + " | ".join(t for _, t in outcomes) + " |"]
+    lines.append("|---|" + "---|" * len(outcomes))
     for label, runs in values.items():
         ref = _matching(label, reference, by)
         if ref == label or ref not in values:
             continue
         cells = []
-        for key, _ in OUTCOMES:
-            xs = [r[key] for r in runs if r[key] is not None]
-            ys = [r[key] for r in values[ref] if r[key] is not None]
+        for key, _ in outcomes:
+            xs = [r[key] for r in runs if r.get(key) is not None]
+            ys = [r[key] for r in values[ref] if r.get(key) is not None]
             diff, half = welch_interval(xs, ys)
             cells.append(f"{diff:+.3f} ± {half:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -270,6 +286,7 @@ def main() -> None:
     p.add_argument("--measure", type=Path, help="JSON lines of scripts/make_confident_wrong.py --measure")
     p.add_argument("--figure", type=Path, help="with --slope: draw the outcomes against that key into this PNG")
     p.add_argument("--guard", action="store_true", help="the guarded schedule's confidence, improvement and alpha")
+    p.add_argument("--columns", default="", help=f"columns of the group table, comma-separated: {','.join(COLUMNS)}")
     p.add_argument("--traces", type=Path, help="draw alpha, training reward and entropy per step into this PNG")
     opts = p.parse_args()
     measured = {}
@@ -281,7 +298,8 @@ def main() -> None:
     values = {label: [run_values(r, measured) for r in runs] for label, runs in groups.items()}
     ks = {r["k"] for runs in values.values() for r in runs if r["k"]}
     print(f"pass@k at k = {sorted(ks)}; mean ± 95% t half-width over seeds\n")
-    print(group_table(values, bool(measured)))
+    default = [c for c in COLUMNS if measured or c not in ("right_subset", "wrong_subset", "right_rest")]
+    print(group_table(values, opts.columns.split(",") if opts.columns else default))
     if opts.reference:
         print()
         print(reference_table(values, opts.reference, opts.by))
