@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -161,34 +162,26 @@ def test_an_unwritable_output_dir_is_refused_before_any_work(tmp_path, monkeypat
     assert not out.exists()
 
 
-def test_a_location_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (PermissionError(errno.EACCES, "Permission denied", "t.json"), "could not access 't.json': Permission denied"),
+        (OSError(errno.ENOSPC, "Disk full", "t.json"), "could not write 't.json': Disk full"),
+    ],
+)
+def test_a_location_that_cannot_be_written_is_one_line(error, line, tmp_path, monkeypatch, capsys):
+    """A read-only or full disk says "could not write"; a permission error (reading or writing) "could not access"."""
     import apo.cli.compare as comparelib
 
     def plot_comparison(*a, **k):
-        raise PermissionError(13, "Permission denied", "figs/table.json")
+        raise error
 
     monkeypatch.setattr(comparelib, "plot_comparison", plot_comparison)
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     assert main(["plot", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["apo: error: could not access 'figs/table.json': Permission denied"]
-
-
-def test_a_full_disk_is_one_line_saying_write(tmp_path, monkeypatch, capsys):
-    import errno
-
-    import apo.cli.compare as comparelib
-
-    def plot_comparison(*a, **k):
-        raise OSError(errno.ENOSPC, "No space left on device", "figs/table.json")
-
-    monkeypatch.setattr(comparelib, "plot_comparison", plot_comparison)
-    (tmp_path / "r").mkdir()
-    (tmp_path / "r" / "metrics.jsonl").write_text("")
-    assert main(["plot", str(tmp_path / "r")]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["apo: error: could not write 'figs/table.json': No space left on device"]
+    assert err == [f"apo: error: {line}"]
 
 
 # --- ranges ---------------------------------------------------------------------------------------------------------
