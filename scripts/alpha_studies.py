@@ -47,6 +47,17 @@ OUTCOMES = (
 )
 
 
+def outcomes_of(values: dict[str, list[dict]]) -> tuple[tuple[str, str], ...]:
+    """:data:`OUTCOMES`, with the held-out mean reward after pass@k when some run's differs from its pass@1 (a
+    partial-credit reward; with a binary reward the two are equal)."""
+    partial = any(
+        r["reward"] is not None and r["pass1"] is not None and abs(r["reward"] - r["pass1"]) > 1e-9
+        for runs in values.values()
+        for r in runs
+    )
+    return OUTCOMES[:2] + ((("reward", "mean reward"),) if partial else ()) + OUTCOMES[2:]
+
+
 def run_values(run: Path, measured: dict[str, dict]) -> dict[str, float | None]:
     """The per-run numbers of the tables (``None`` where missing)."""
     after = json.loads((run / "eval_after.json").read_text()) if (run / "eval_after.json").is_file() else {}
@@ -132,7 +143,7 @@ def reference_table(values: dict[str, list[dict]], reference: str, by: str) -> s
     """Markdown: Welch 95% intervals of each group minus its matching reference group, per outcome (and the subset
     probabilities when measured)."""
     measured = any("right_subset" in r for runs in values.values() for r in runs)
-    outcomes = OUTCOMES + (MEASURED if measured else ())
+    outcomes = outcomes_of(values) + (MEASURED if measured else ())
     lines = ["| group − " + reference + " | " + " | ".join(t for _, t in outcomes) + " |"]
     lines.append("|---|" + "---|" * len(outcomes))
     for label, runs in values.items():
@@ -156,11 +167,12 @@ def slope_table(values: dict[str, list[dict]], key: str, by: str) -> str:
         pairs = variant_pairs(label)[1]
         if key in pairs:
             points.setdefault(pairs.get(by, "—"), []).extend((float(pairs[key]), r) for r in runs)
-    lines = [f"| {by} | runs | " + " | ".join(f"d({t}) / d{key}" for _, t in OUTCOMES) + " |"]
-    lines.append("|---|---|" + "---|" * len(OUTCOMES))
+    outcomes = outcomes_of(values)
+    lines = [f"| {by} | runs | " + " | ".join(f"d({t}) / d{key}" for _, t in outcomes) + " |"]
+    lines.append("|---|---|" + "---|" * len(outcomes))
     for value, pts in points.items():
         cells = []
-        for outcome, _ in OUTCOMES:
+        for outcome, _ in outcomes:
             xy = [(x, r[outcome]) for x, r in pts if r[outcome] is not None]
             b, half = slope_interval([x for x, _ in xy], [y for _, y in xy])
             cells.append(f"{b:+.3f} ± {half:.3f}")
@@ -179,8 +191,9 @@ def slope_figure(values: dict[str, list[dict]], key: str, by: str, out: Path) ->
         pairs = variant_pairs(label)[1]
         if key in pairs:
             lines.setdefault(f"{by}={pairs.get(by, '—')}", []).append((float(pairs[key]), runs))
-    fig, axes = plt.subplots(1, len(OUTCOMES), figsize=(4.2 * len(OUTCOMES), 3.4))
-    for ax, (outcome, title) in zip(axes, OUTCOMES, strict=True):
+    outcomes = outcomes_of(values)
+    fig, axes = plt.subplots(1, len(outcomes), figsize=(4.2 * len(outcomes), 3.4))
+    for ax, (outcome, title) in zip(axes, outcomes, strict=True):
         for i, (name, pts) in enumerate(sorted(lines.items())):
             pts = sorted(pts, key=lambda p: p[0])
             stats = [mean_ci([r[outcome] for r in runs if r[outcome] is not None]) for _, runs in pts]
