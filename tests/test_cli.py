@@ -84,6 +84,21 @@ def test_a_run_saved_before_keys_were_added_still_resumes(tmp_path, capsys):
     assert _steps(run) == [1, 2]
 
 
+def test_resume_on_another_thread_count_but_not_another_learning_rate(tmp_path, capsys):
+    """``torch_threads`` is the machine's: a run resumes with another count; a key of the math is still refused."""
+    run = tmp_path / "run"
+    args = [f"output_dir={run}", "max_steps=2", "save_steps=1", "eval_before_after=false", *FAST]
+    assert main(["train", *args, "torch_threads=1"]) == 0
+    (run / "summary.json").unlink()  # as if killed after step 1's checkpoint
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoint-2")
+    capsys.readouterr()
+    assert main(["train", str(run / "config.yaml"), "--resume", "learning_rate=0.5"]) == 2
+    assert "differs from the saved run in ['learning_rate']" in capsys.readouterr().err
+    assert main(["train", str(run / "config.yaml"), "--resume", "torch_threads=2"]) == 0, capsys.readouterr().err
+    assert _steps(run) == [1, 2]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

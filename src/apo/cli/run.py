@@ -524,6 +524,12 @@ def _saves(cfg) -> bool:
     return str(strategy) != "no"
 
 
+RESUME_MAY_DIFFER = ("output_dir", "torch_threads")
+"""Keys ``--resume`` lets differ from the saved run: where the run lives, and how many threads this machine gives
+it (a run moved to a machine with other cores resumes; float sums may then round differently from an uninterrupted
+run)."""
+
+
 def saved_config_diff(run_dir: Path, values: dict[str, Any]) -> list[str]:
     """The sorted keys whose value in ``run_dir/config.yaml`` differs from ``values`` (a key missing on one side
     counts as ``None``). The saved config is read as this version resolves it (:func:`apo.cli.config.resolve_values`),
@@ -679,8 +685,12 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
         lock.acquire()
         check_resume_kind(run_dir, values)
-        # the folder being resumed is the run, wherever it was started from (a saved output_dir may be relative)
-        diff = [k for k in saved_config_diff(run_dir, values) if k != "output_dir"]
+        # the folder being resumed is the run, wherever it was started from (a saved output_dir may be relative), and
+        # the thread count is the machine's, not the run's (the math is the same up to float summation order)
+        diff = saved_config_diff(run_dir, values)
+        if "torch_threads" in diff:
+            logger.info("--resume with torch_threads=%s (the saved run used another)", values.get("torch_threads"))
+        diff = [k for k in diff if k not in RESUME_MAY_DIFFER]
         if diff:
             raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
         if is_finished(run_dir):
