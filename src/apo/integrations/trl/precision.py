@@ -46,11 +46,12 @@ def weight_decay_error(learning_rate: float, weight_decay: float, dtype: torch.d
     m = MANTISSA_BITS[dtype]
     if weight_decay == 0 or delta >= 2.0 ** -(m + 1):
         return None
-    part = "no weight" if delta < 2.0 ** -(m + 2) else "some weights"
+    part = "no weight would ever decay" if delta < 2.0 ** -(m + 2) else "some weights would never decay"
+    name = str(dtype).removeprefix("torch.")
     return (
-        f"weight_decay={weight_decay:g} with master_weights=false: torch-optimi decays {dtype} weights outside its "
-        f"Kahan sum, and learning_rate x weight_decay = {delta:.2g} is below half a {dtype} ulp (2^-{m + 1}), so "
-        f"{part} would ever decay; set weight_decay=0 or master_weights=true"
+        f"weight_decay={weight_decay:g} with master_weights=false: torch-optimi decays {name} weights outside its "
+        f"Kahan sum, and learning_rate x weight_decay = {delta:.2g} is below half a {name} ulp (2^-{m + 1}), so "
+        f"{part}; set weight_decay=0 or master_weights=true"
     )
 
 
