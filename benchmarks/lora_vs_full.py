@@ -69,6 +69,7 @@ def child(
 
     phase = ["load"]
     peaks: dict[str, int] = {}
+    spent: dict[str, float] = {}
     stop = threading.Event()
 
     def sample():
@@ -105,9 +106,11 @@ def child(
         def wrapper(*a, **kw):
             before = phase[0]
             phase[0] = tag
+            t0 = time.perf_counter()
             try:
                 return inner(*a, **kw)
             finally:
+                spent[tag] = spent.get(tag, 0.0) + time.perf_counter() - t0
                 phase[0] = before
 
         setattr(obj, name, wrapper)
@@ -130,6 +133,7 @@ def child(
         "trainable_params": trainable,
         "peak_rss_gb": _rss_kb("VmHWM") / 2**20,
         "phase_peak_rss_gb": {k: v / 2**20 for k, v in peaks.items()},
+        "phase_s_per_step": {k: v / steps for k, v in spent.items()},
     }
 
 

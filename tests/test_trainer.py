@@ -47,6 +47,10 @@ def test_overridden_trl_hooks_keep_their_signatures():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
     sig = inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters
     assert {"model", "input_ids", "attention_mask", "logits_to_keep", "compute_entropy"} <= set(sig)
+    # The hook apo.integrations.trl.scoring switches on CPU: TRL's compact test in the fused LM head.
+    import trl.trainer.utils as trl_utils
+
+    assert "compact = _use_triton(hidden_states.device)" in inspect.getsource(trl_utils.add_fused_lm_head)
     # The condition under which TRL computes old_per_token_logps (pi_old), on which the anchor relies.
     source = inspect.getsource(GRPOTrainer._generate_and_score_completions)
     assert "self.args.gradient_accumulation_steps % generate_every != 0" in source
@@ -322,6 +326,59 @@ def hand_built_inputs(trainer, seed=0, N=4, T=6, old_noise=0.0, per_sequence_noi
         noise = noise + per_sequence_noise[:, None]
     inputs["old_per_token_logps"] = logp + noise
     return inputs
+
+
+def test_cpu_scoring_projects_only_completion_tokens_with_trl_values(make_trainer, monkeypatch):
+    """On CPU the fused LM head sees only the completion tokens (not prompt or padding) and returns TRL's stock
+    all-positions log-probs and entropies, and their gradients."""
+    import trl.trainer.utils as trl_utils
+    from trl import GRPOTrainer
+
+    trainer = make_trainer(algorithm="apo")
+    inputs = hand_built_inputs(trainer)
+    prompt_mask = inputs["prompt_mask"].clone()
+    prompt_mask[1:, 0] = 0  # left padding, as TRL pads prompts
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    mask = torch.cat([prompt_mask, inputs["completion_mask"]], 1)
+    T = inputs["completion_ids"].shape[1]
+    rows, apply = [], trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(
+        trl_utils._ChunkedLogProbFunction, "apply", lambda h, *a: rows.append(h.shape[0]) or apply(h, *a)
+    )
+    weights = torch.randn(ids.shape[0], T, generator=torch.Generator().manual_seed(1))
+
+    def scored(method):
+        trainer.model.zero_grad()
+        logp, ent, _ = method(trainer, trainer.model, ids, mask, T, compute_entropy=True)
+        (logp * weights).sum().backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+        return logp.detach(), ent, grads
+
+    stock_use_triton = trl_utils._use_triton
+    ours = scored(type(trainer)._get_per_token_logps_and_entropies)
+    stock = scored(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert rows == [int(inputs["completion_mask"].sum()), ids.shape[0] * (ids.shape[1] - 1)]
+    assert trl_utils._use_triton is stock_use_triton  # restored after the call
+    assert (ours[0][inputs["completion_mask"] == 0] == 0).all()
+    torch.testing.assert_close(ours[0], stock[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours[1], stock[1], rtol=1e-5, atol=1e-6)
+    assert len(ours[2]) == len(stock[2]) > 0
+    for a, b in zip(ours[2], stock[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_scoring_restores_trl_on_error():
+    import trl.trainer.utils as trl_utils
+
+    from apo.integrations.trl.scoring import score_completions_only
+
+    stock = trl_utils._use_triton
+    with pytest.raises(RuntimeError, match="boom"), score_completions_only(torch.device("cpu")) as switched:
+        assert switched and trl_utils._use_triton(torch.device("cpu"))
+        raise RuntimeError("boom")
+    assert trl_utils._use_triton is stock and not stock(torch.device("cpu"))
+    with score_completions_only(torch.device("meta")) as switched:
+        assert not switched and trl_utils._use_triton is stock
 
 
 def loss_and_grads(trainer, fn):

@@ -26,6 +26,9 @@ What it overrides, and why (everything else is TRL's):
   current log-probs where TRL, exactly, knows the policy has not moved), the library objective
   (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
   ``make_groups`` verifies the grouping at every call.
+- ``_get_per_token_logps_and_entropies``: on CPU, TRL's fused LM head scores only the completion positions (its
+  compact branch, which it takes on Triton devices) instead of every position of prompt + completion
+  (:mod:`.scoring`); same values, every algorithm, train and eval.
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: every checkpoint folder is written under
   ``.partial/``, completed by a manifest of its files' sizes and SHA-256 (``apo_manifest.json``, written last, see
   :mod:`.checkpoints`) and renamed into place (a kill leaves the previous one intact); the alpha schedule's state goes
@@ -108,6 +111,7 @@ from .checkpoints import fsync_path, write_manifest
 from .config import GROUP_ALGORITHMS, APOConfig
 from .generation import generate_single_turn
 from .precision import warn_if_updates_lost, warn_offpolicy_anchor
+from .scoring import score_completions_only
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +335,13 @@ class APOTrainer(GRPOTrainer):
         return generate_single_turn(
             self, stock, prompt_ids, images, multimodal_fields, num_generations, has_tool_images
         )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Per-token log-probs: on CPU only the completion positions go through the LM head (see .scoring).
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
+        with score_completions_only(input_ids.device):
+            return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------------
     # Loss.
