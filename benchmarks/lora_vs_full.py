@@ -10,7 +10,8 @@ time; over the run, the resident set size (RSS, sampled every 10 ms by a thread)
 - ``backward``: ``accelerator.backward``,
 - ``optimizer``: ``optimizer.step``,
 
-and the peak over the whole process (``VmHWM``). Run::
+and the peak over the whole process (``VmHWM``), and the wall seconds spent in each phase per step (averaged over
+the process's steps). Run::
 
     python benchmarks/lora_vs_full.py smollm2-chain-sum --steps 2 --threads 1
 
