@@ -15,6 +15,10 @@ the process's steps). Run::
 
     python benchmarks/lora_vs_full.py smollm2-chain-sum --steps 2 --threads 1
 
+``--modes full,lora,frozen`` adds a third mode, the floor of a LoRA step: the model with every weight frozen but the
+RMSNorm scales and no adapters, so the backward still runs through every layer for the input gradients but computes
+no weight gradients of the projections and has no adapter ops to run (its optimizer step is over the 35k norm scales).
+
 Prints one JSON line per process and a table: wall and CPU seconds of every step (CPU: ``time.process_time``, all
 threads of the process), and the ratio LoRA / full of the mean CPU seconds per step. On a shared machine the wall
 time mostly measures the other jobs; the CPU time of a step at a fixed thread count is the number to compare.
@@ -61,6 +65,9 @@ def child(
     cfg = cfglib.resolve(config, overrides)
     reward_fn, model, tokenizer, train_ds, _ = load_run_inputs(cfg)
     peft_config = None
+    if mode == "frozen":  # LoRA's floor: the backward through every layer, no adapter ops, no weight gradients
+        for name, param in model.named_parameters():
+            param.requires_grad_("norm" in name)
     if mode == "lora":
         from peft import LoraConfig
 
@@ -126,7 +133,7 @@ def child(
     trainer.train()
     stop.set()
     return {
-        "mode": mode if mode == "full" else f"{mode} (dropout {dropout})",
+        "mode": f"{mode} (dropout {dropout})" if mode == "lora" else mode,
         "threads": threads,
         "steps": steps,
         "step_s": step_times,
@@ -179,9 +186,10 @@ def main() -> None:
             f"| {r['mode']} | {', '.join(f'{x:.1f}' for x in wall)} | {', '.join(f'{x:.1f}' for x in used)} | "
             f"{r['peak_rss_gb']:.2f} | {r['trainable_params']:,} |"
         )
-    if "full" in cpu and "lora" in cpu:
-        ratio = (sum(cpu["lora"]) / len(cpu["lora"])) / (sum(cpu["full"]) / len(cpu["full"]))
-        print(f"LoRA / full CPU seconds per step: {ratio:.2f}")
+    for mode in ("lora", "frozen"):
+        if "full" in cpu and mode in cpu:
+            ratio = (sum(cpu[mode]) / len(cpu[mode])) / (sum(cpu["full"]) / len(cpu["full"]))
+            print(f"{mode} / full CPU seconds per step: {ratio:.2f}")
 
 
 if __name__ == "__main__":
