@@ -22,6 +22,8 @@ Equivalence: the same function on a subset of its rows; log-probs and entropies 
 all-positions ones up to float rounding of the matmul blocking (row count differs), and every other position is 0 in
 both (``masked_scatter`` vs ``masked_fill``). Tested in ``tests/test_trainer.py`` against TRL's stock path, values
 and gradients. If a TRL version has no ``_use_triton`` there, nothing is swapped and TRL's path runs as it is.
+Other devices without Triton (``mps``, CUDA without Triton) keep TRL's choice: the compact branch would likely pay
+there too, but it has not been run on them.
 """
 
 from __future__ import annotations
