@@ -29,13 +29,10 @@ there too, but it has not been run on them.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 
 import torch
 import trl.trainer.utils as trl_utils
-
-logger = logging.getLogger(__name__)
 
 COMPACT_DEVICE_TYPES = ("cpu",)  # where scoring fewer positions has no recompilation cost
 
@@ -45,9 +42,8 @@ def score_completions_only(device: torch.device) -> Iterator[bool]:
     """Within the block, TRL's fused LM head scores only non-``-100`` label positions on ``device`` (CPU).
 
     Yields whether the compact branch was switched on (``False``: another device type, or a TRL without the hook —
-    then TRL's own choice stands). Restores TRL's function on exit, also on error. Not thread-safe across trainers
-    running concurrently in one process (the swap is module-global, as TRL's patching of ``model.forward`` is
-    per-model).
+    then TRL's own choice stands). Restores TRL's function on exit, also on error. The swap is module-global: two
+    threads of one process scoring at once could leave it in place (CPU tensors would then keep the compact branch).
     """
     stock = getattr(trl_utils, "_use_triton", None)
     if device.type not in COMPACT_DEVICE_TYPES or stock is None:
