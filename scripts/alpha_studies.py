@@ -29,6 +29,7 @@ import math
 from pathlib import Path
 
 from apo.cli.plots import (
+    SMOOTH_WINDOW,
     find_runs,
     group_runs,
     mean_ci,
@@ -136,7 +137,7 @@ def _matching(label: str, reference: str, by: str) -> str:
     return reference + (f"@{by}={pairs[by]}" if by in pairs else "")
 
 
-MEASURED = (("right_subset", "P(right) subset"), ("wrong_subset", "P(carry dropped) subset"))
+MEASURED = tuple((key, COLUMNS[key][0]) for key in ("right_subset", "wrong_subset"))
 
 
 def reference_table(values: dict[str, list[dict]], reference: str, by: str) -> str:
@@ -243,40 +244,27 @@ def guard_table(groups: dict[str, list[Path]]) -> str:
 
 
 TRACES = (
-    ("apo/alpha", "alpha used"),
-    ("reward", "training reward (10-step mean)"),
-    ("entropy", "token entropy, training (10-step mean)"),
+    ("apo/alpha", "alpha used", 1),
+    ("reward", f"training reward ({SMOOTH_WINDOW}-step mean)", SMOOTH_WINDOW),
+    ("entropy", f"token entropy, training ({SMOOTH_WINDOW}-step mean)", SMOOTH_WINDOW),
 )
 
 
 def trace_figure(groups: dict[str, list[Path]], out: Path) -> Path:
     """``out``: alpha, training reward and token entropy over optimizer steps, one line per group (mean over seeds,
-    a 95% t band), the last two smoothed over 10 steps; the legend below the panels."""
-    from apo.cli.plots import _pyplot, metric, moving_average
+    a 95% t band: :func:`apo.cli.plots._band`), the last two smoothed over ``SMOOTH_WINDOW`` steps; the legend
+    below the panels."""
+    from apo.cli.plots import _band, _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(TRACES), figsize=(4.6 * len(TRACES), 3.6))
-    for i, (label, runs) in enumerate(groups.items()):
-        for ax, (key, title) in zip(axes, TRACES, strict=True):
-            series = []
-            for run in runs:
-                pts = [(r["step"], metric(r, key)) for r in read_metrics(run) if key in r]
-                pts = [(x, y) for x, y in pts if y is not None]
-                ys = [y for _, y in pts] if key == "apo/alpha" else moving_average([y for _, y in pts])
-                series.append(dict(zip([x for x, _ in pts], ys, strict=True)))
-            steps = sorted(set.intersection(*(set(s) for s in series))) if series and all(series) else []
-            if not steps:
-                continue
-            stats = [mean_ci([s[t] for s in series]) for t in steps]
-            mean = [m for m, _, _ in stats]
-            half = [h if h == h else 0.0 for _, h, _ in stats]
-            line = ax.plot(steps, mean, lw=1.3, label=label, color=plt.get_cmap("tab10")(i % 10))[0]
-            low = [m - h for m, h in zip(mean, half, strict=True)]
-            high = [m + h for m, h in zip(mean, half, strict=True)]
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
-            ax.set_title(title, fontsize=10)
-            ax.set_xlabel("optimizer step")
-            ax.grid(alpha=0.3)
+    colors = plt.get_cmap("tab10")
+    for ax, (key, title, window) in zip(axes, TRACES, strict=True):
+        for i, (label, runs) in enumerate(groups.items()):
+            _band(ax, runs, key, window, label, colors(i % 10))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
