@@ -30,7 +30,8 @@ import os
 import sys
 from pathlib import Path
 
-from apo.cli.process import RunStopped, children_die_with_this_process, setup
+from apo.cli import ranks
+from apo.cli.process import RunStopped, children_die_with_this_process, die_with_parent, setup
 
 __all__ = ["build_parser", "main", "setup"]
 
@@ -86,6 +87,8 @@ def cmd_train(args) -> int:
     from apo.cli.run import train
 
     run_dir = train(_own_run_folder(args, _values(args.items)), resume=args.resume, into_existing=args.into_existing)
+    if not ranks.is_main():  # rank 0 wrote the run and prints its summary
+        return 0
     summary = json.loads((run_dir / "summary.json").read_text())
     emit(json.dumps({"run_dir": str(run_dir), **summary}, indent=2))
     return 0
@@ -93,7 +96,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
-    from apo.cli.run import eval_kwargs, evaluate, load_inputs, loading_inputs
+    from apo.cli.run import eval_kwargs, evaluate, exit_status, load_inputs, loading_inputs
 
     if args.policy and not Path(args.policy).expanduser().is_dir():
         raise cfglib.ConfigError(
@@ -114,10 +117,12 @@ def cmd_eval(args) -> int:
         cfglib.check_output_file(args.out, "--out")  # before the evaluation, whose result it holds
     if args.policy:
         values["model"] = args.policy
-    cfg = cfglib.build(values)
-    with loading_inputs(cfg):
+    cfg = cfglib.build(values)  # with a launcher, this starts the process group (TrainingArguments)
+    with ranks.agreed(exit_status), loading_inputs(cfg):
         reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
     result = {"model": cfg.model, **evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))}
+    if not ranks.is_main():  # each rank evaluated its share of the batches; rank 0 writes and prints the whole
+        return 0
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     emit(json.dumps({k: v for k, v in result.items() if not k.startswith("prompt_")}, indent=2))
@@ -160,9 +165,14 @@ def _seed(text: str) -> int:
 
 def cmd_compare(args) -> int:
     from apo.cli.compare import compare
-    from apo.cli.config import check_folder
+    from apo.cli.config import ConfigError, check_folder
     from apo.cli.presets import expand_sweep
 
+    if ranks.world_size() > 1:
+        raise ConfigError(
+            "apo compare starts a process per run itself (--jobs, --devices): run it directly, not under torchrun or "
+            "accelerate launch"
+        )
     path, pairs = _split_config_and_overrides(args.items)
     if args.out:
         check_folder(args.out, "--out", "pass --out <a folder>")
@@ -335,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _say(error: BaseException, line: str) -> None:
+    """Print the one line of a failure on stderr, once per launch: by rank 0, or by the rank that alone met it
+    (:func:`apo.cli.ranks.speaks`)."""
+    if ranks.speaks(error):
+        print(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``apo`` command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (see the module
     docstring). Every anticipated failure is one line on stderr, ``apo: error: ...``."""
@@ -356,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     setup()
     children_die_with_this_process()  # a killed run leaves no forked worker behind
+    if ranks.world_size() > 1:  # a rank ends with its launcher (torchrun starts each in a session of its own)
+        die_with_parent(os.getppid())
     from apo.cli.compare import CompareError
     from apo.cli.config import ConfigError
     from apo.cli.run import RunFailed
@@ -363,20 +382,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
+    except ranks.PeerFailed as e:  # another process of the launch failed and said why
+        return e.code
     except ConfigError as e:
-        print(f"apo: error: {e}", file=sys.stderr)
+        _say(e, f"apo: error: {e}")
         return 2
     except CompareError as e:
-        print(f"apo: error: {e}", file=sys.stderr)
+        _say(e, f"apo: error: {e}")
         return 1
     except RunStopped as e:
-        print(f"apo: {e}", file=sys.stderr)
+        _say(e, f"apo: {e}")
         return e.code
     except RunFailed as e:
-        print(f"apo: error: {e}", file=sys.stderr)
+        _say(e, f"apo: error: {e}")
         return 1
-    except KeyboardInterrupt:
-        print("apo: interrupted by SIGINT", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        _say(e, "apo: interrupted by SIGINT")
         return 130
     except OSError as e:
         if e.errno not in UNWRITABLE:
@@ -384,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         # a location that could not be read or written (permissions, a read-only or full disk): one line, no traceback
         where = f" {e.filename!r}" if e.filename else ""
         verb = "write" if e.errno in WRITE_ONLY_ERRORS else "access"
-        print(f"apo: error: could not {verb}{where}: {e.strerror or e}", file=sys.stderr)
+        _say(e, f"apo: error: could not {verb}{where}: {e.strerror or e}")
         return 1
     finally:
         close_children()  # every reward worker and grader process ends with the command, within seconds

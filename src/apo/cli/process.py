@@ -26,6 +26,8 @@ import sys
 import threading
 import warnings
 
+from apo.cli import ranks
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -34,7 +36,10 @@ def setup() -> None:
     # transformers' renaming of gradient_checkpointing -> activation_checkpointing warns on every TRL config; not
     # actionable for a user of this command.
     warnings.filterwarnings("ignore", message=r".*(gradient|is_gradient)_checkpointing.*", category=FutureWarning)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # in a launch of several processes, one speaks (apo.cli.ranks): the others log warnings and errors only
+    logging.basicConfig(
+        level=logging.INFO if ranks.is_main() else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def die_with_parent(parent_pid: int | None = None) -> bool:
@@ -138,15 +143,18 @@ class StopSignals:
         return SIGNAL_NAMES.get(self.signum, str(self.signum))
 
     def _handle(self, signum, frame) -> None:
+        main = ranks.is_main()  # a launcher signals every rank: rank 0 says it
         if self.signum is not None:
             # on a line of its own: the progress bar may have left the cursor mid-line (it redraws with \r)
             line = self.urgent_line.format(signal=SIGNAL_NAMES.get(signum, signum))
-            print("\n" + line, file=sys.stderr, flush=True)
+            if main:
+                print("\n" + line, file=sys.stderr, flush=True)
             os._exit(128 + signum)
         self.signum = signum
-        logging.getLogger("apo").warning(
-            "%s received: stopping at the next step boundary (send it again to stop at once)", self.name
-        )
+        if main:
+            logging.getLogger("apo").warning(
+                "%s received: stopping at the next step boundary (send it again to stop at once)", self.name
+            )
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from apo.cli import config as cfglib
+from apo.cli import ranks
 from apo.cli.lock import LOCK_NAME, RunDirBusy, RunLock, holder
 from apo.cli.process import RunStopped, StopSignals
 
@@ -223,6 +224,7 @@ def evaluate(
     truncated_completions: str = "zero",
     pass_ks: list[int] | None = None,
     answer_format: str | None = None,
+    shard: bool = True,
 ) -> dict[str, Any]:
     """Mean reward of ``samples`` sampled completions per prompt of ``dataset`` (TRL's prompt handling, through
     :func:`apo.tasks.datasets.render_prompts`: chat template with ``chat_template_kwargs`` for conversational prompts,
@@ -239,63 +241,46 @@ def evaluate(
     estimator, a sample is correct at full credit), ``"distinct_answers"`` (distinct answers among a prompt's
     samples, extracted with ``answer_format``; per prompt in ``"prompt_distinct_answers"``), ``"token_entropy"``
     (mean entropy in nats of the sampling distribution over a completion's tokens).
-    """
-    from apo.tasks.evaluation import (
-        distinct_answers,
-        eval_pass_ks,
-        mean_token_entropy,
-        pass_at_k_per_prompt,
-        token_entropy_recorder,
-    )
 
-    ks = eval_pass_ks(samples, pass_ks)
+    With several processes (:mod:`apo.cli.ranks`) and ``shard``, the batches of ``batch_size`` prompts are dealt out
+    in turn (batch ``b`` to rank ``b mod world_size``) and the results gathered on every rank: each batch is sampled
+    from its own seed, drawn in order from ``seed``, so the samples and the result are those of one process. Without
+    ``shard`` every rank evaluates every batch (a model sharded over the ranks runs each forward on all of them).
+    """
     import torch
 
-    from apo.tasks.datasets import render_prompts
+    from apo.tasks.evaluation import distinct_answers, eval_pass_ks, pass_at_k_per_prompt
 
+    ks = eval_pass_ks(samples, pass_ks)
     eos = model.generation_config.eos_token_id
     eos_and_pad = {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-    clipped = 0
     was_training = model.training
     model.eval()
     rows = [dataset[i] for i in range(len(dataset))]
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=gen)) for _ in batches]  # drawn in order on every rank
+    sample = dict(samples=samples, temperature=temperature, max_new_tokens=max_new_tokens)
+    mine = {
+        b: _evaluate_batch(model, tokenizer, batch, reward_fn, seeds[b], eos_and_pad, chat_template_kwargs, **sample)
+        for b, batch in enumerate(batches)
+        if not shard or b % ranks.world_size() == ranks.rank()
+    }
+    parts: dict[int, tuple] = {}
+    for part in ranks.gather(mine) if shard else [mine]:
+        parts.update(part)
     rewards: list[float] = []
     completion_texts: list[str] = []
     entropies: list[float] = []
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    device = next(model.parameters()).device
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        prompts = [r["prompt"] for r in batch]
-        texts, special = render_prompts(tokenizer, prompts, chat_template_kwargs)
-        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special)
-        enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        recorder = token_entropy_recorder(temperature)
-        with torch.no_grad():
-            out = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_p=1.0,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=samples,
-                pad_token_id=tokenizer.pad_token_id,
-                logits_processor=[recorder],
-            )
-        completion_ids = out[:, enc["input_ids"].shape[1] :]
-        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        cut = [ids.numel() > 0 and int(ids[-1]) not in eos_and_pad for ids in completion_ids]
-        entropies.extend(mean_token_entropy(recorder.entropies_BT(), _completion_lengths(completion_ids, eos_and_pad)))
-        completion_texts.extend(completions)
-        columns = {k: [r[k] for r in batch for _ in range(samples)] for k in batch[0] if k != "prompt"}
-        scores = reward_fn(prompts=[p for p in prompts for _ in range(samples)], completions=completions, **columns)
-        scores = [0.0 if s is None or not math.isfinite(s) else float(s) for s in scores]
+    clipped = 0
+    for b in range(len(batches)):
+        scores, cut, batch_entropies, completions = parts[b]
         if truncated_completions == "zero":
             scores = [0.0 if c else s for s, c in zip(scores, cut, strict=True)]
         clipped += sum(cut)
         rewards.extend(scores)
+        entropies.extend(batch_entropies)
+        completion_texts.extend(completions)
     if was_training:
         model.train()
     from apo.cli.plots import mean_ci, nan_to_none
@@ -323,6 +308,57 @@ def evaluate(
         "token_entropy": nan_to_none(mean_ci(prompt_entropy)[0]),
         "token_entropy_ci95": nan_to_none(mean_ci(prompt_entropy)[1]),
     }
+
+
+def _evaluate_batch(
+    model,
+    tokenizer,
+    batch,
+    reward_fn,
+    seed,
+    eos_and_pad,
+    chat_template_kwargs,
+    *,
+    samples,
+    temperature,
+    max_new_tokens,
+):
+    """One batch of :func:`evaluate`: ``(scores, cut, entropies, completions)``, each with ``len(batch) * samples``
+    entries in prompt-major order (a prompt's samples together): the reward of each completion (0 where the reward
+    failed), whether it was cut at ``max_new_tokens``, its mean token entropy, and its text. Sampled with
+    ``torch.manual_seed(seed)``, so a batch gives the same samples on whichever process evaluates it."""
+    import torch
+
+    from apo.tasks.datasets import render_prompts
+    from apo.tasks.evaluation import mean_token_entropy, token_entropy_recorder
+
+    device = next(model.parameters()).device
+    prompts = [r["prompt"] for r in batch]
+    texts, special = render_prompts(tokenizer, prompts, chat_template_kwargs)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=special)
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    torch.manual_seed(seed)
+    recorder = token_entropy_recorder(temperature)
+    with torch.no_grad():
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=samples,
+            pad_token_id=tokenizer.pad_token_id,
+            logits_processor=[recorder],
+        )
+    completion_ids = out[:, enc["input_ids"].shape[1] :]
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    cut = [ids.numel() > 0 and int(ids[-1]) not in eos_and_pad for ids in completion_ids]
+    entropies = mean_token_entropy(recorder.entropies_BT(), _completion_lengths(completion_ids, eos_and_pad))
+    columns = {k: [r[k] for r in batch for _ in range(samples)] for k in batch[0] if k != "prompt"}
+    scores = reward_fn(prompts=[p for p in prompts for _ in range(samples)], completions=completions, **columns)
+    scores = [0.0 if s is None or not math.isfinite(s) else float(s) for s in scores]
+    return scores, cut, list(entropies), completions
 
 
 def _completion_lengths(completion_ids, eos_and_pad: set) -> list[int]:
@@ -466,15 +502,16 @@ def _truncate_metrics(path: Path, last_step: int) -> float:
     return carried
 
 
-def _callbacks(run_dir: Path, max_steps: int, wall_time_s, stop: StopSignals | None = None):
+def _callbacks(run_dir: Path, max_steps: int, wall_time_s, stopped=None):
     from transformers import TrainerCallback
 
     class StopOnSignal(TrainerCallback):
-        """After a first SIGINT / SIGTERM (``stop``): end training at this optimizer step, saving a checkpoint
-        (unless ``save_strategy`` is ``no``); the step's metrics are logged as usual."""
+        """After a first SIGINT / SIGTERM (``stopped()``: on any rank, asked of every rank at each step end): end
+        training at this optimizer step, saving a checkpoint (unless ``save_strategy`` is ``no``); the step's metrics
+        are logged as usual."""
 
         def on_step_end(self, args, state, control, **kwargs):
-            if stop is not None and stop.requested:
+            if stopped is not None and stopped():
                 control.should_training_stop = True
                 control.should_save = _saves(args)
 
@@ -610,16 +647,20 @@ def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool =
       Otherwise training continues from the newest checkpoint that matches its manifest (newer, damaged ones are
       named in a warning and passed over); ``metrics.jsonl`` lines past that checkpoint are dropped, so no step is
       counted twice. A run whose newest checkpoint is its last step is only finalised (``final/``, evaluation,
-      summary): no step is trained again.
+      summary): no step is trained again. A checkpoint written by another number of processes is refused (the
+      global batch, the sampler's order and each process's random state depend on it).
     - Signals: the first SIGINT / SIGTERM stops training at the end of the current optimizer step, after a
       checkpoint (unless ``save_strategy`` is ``no``), and raises :class:`apo.cli.process.RunStopped` whose message
       is the command that resumes (exit status 128 + signal number); a second signal ends the process at once. A
       signal that comes while a trained run draws ``curves.png`` and writes ``summary.json`` (about a second) lets
       it finish.
+    - Several processes (``torchrun``, ``accelerate launch``; :mod:`apo.cli.ranks`): every rank loads the inputs,
+      evaluates its share of the held-out batches and trains; rank 0 alone takes the lock and writes the run folder.
+      A signal on any rank stops every rank at the same step; a failure on one rank ends the others.
 
     - ``output_dir`` an existing folder with other files and no run: refused unless ``into_existing``
       (:func:`refuse_foreign`), since a run replaces ``final/``, ``curves.png``, ``summary.json``...
-    - One process per ``output_dir`` (:mod:`apo.cli.lock`); the reward worker and grader processes are closed when
+    - One command per ``output_dir`` (:mod:`apo.cli.lock`); the reward worker and grader processes are closed when
       the run ends, however it ends.
     - A training set too small for one optimizer step is refused before any work. A run whose reward failed on every
       completion (of the evaluation before training, of its first 2 steps, or of a shorter run) raises
@@ -632,19 +673,23 @@ def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool =
             run or a different config to resume.
         RunFailed: the reward failed on every completion.
         RunStopped: stopped by a signal.
+        PeerFailed: another process of the launch failed (it said why).
     """
     from apo.tasks.bounded import close_children
 
-    cfg = cfglib.build(values)
+    cfg = cfglib.build(values)  # with a launcher, this starts the process group (TrainingArguments)
+    _note_fsdp_on_cpu(cfg)
     run_dir = Path(cfg.output_dir)
-    cfglib.check_folder(run_dir, "config key 'output_dir':", "set output_dir=<a writable folder>")
-    if not resume and not into_existing:
-        refuse_foreign(run_dir, "output_dir")
     command = resume_command(run_dir).replace("{", "{{").replace("}", "}}")  # literal braces in a str.format
     lock = RunLock(run_dir)
     with StopSignals("apo: stopped at once by a second {signal}; resume with: " + command) as stop:
         try:
-            return _train(values, cfg, run_dir, resume, stop, lock)
+            with ranks.agreed(exit_status):
+                opened = _open_run(values, cfg, run_dir, resume, into_existing, lock) if ranks.is_main() else None
+            checkpoint, carried, finished = ranks.broadcast(opened)
+            if finished:
+                return run_dir
+            return _train(values, cfg, _Run(run_dir, resume, stop, lock, checkpoint, carried))
         except RunDirBusy as e:
             raise cfglib.ConfigError(str(e)) from None
         finally:
@@ -652,145 +697,261 @@ def train(values: dict[str, Any], *, resume: bool = False, into_existing: bool =
             close_children()  # the reward worker and graders end with the run, not at interpreter exit
 
 
-def _stopped(stop: StopSignals, run_dir: Path, step: int, saved: bool) -> RunStopped:
-    if saved:
-        what = f"at step {step} (checkpoint-{step} saved)" if step else "before training started"
-        return RunStopped(f"stopped by {stop.name} {what}; resume with: {resume_command(run_dir)}", stop.code)
-    return RunStopped(
-        f"stopped by {stop.name} at step {step} without a checkpoint (save_strategy=no); "
-        f"{resume_command(run_dir)} starts it over",
-        stop.code,
-    )
+def _note_fsdp_on_cpu(cfg) -> None:
+    """Say it when a launch asked for FSDP (``accelerate launch --use_fsdp``) and accelerate runs DDP instead: it turns
+    ``ACCELERATE_USE_FSDP`` into FSDP only for accelerator device types, not for processes on a CPU (``MULTI_CPU``,
+    ``accelerate/state.py``, ``AcceleratorState.__init__``), so every rank holds the whole model."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or not ranks.is_main():
+        return
+    from accelerate.utils import DistributedType
+
+    if cfg.distributed_state.distributed_type == DistributedType.MULTI_CPU:
+        logger.warning(
+            "FSDP was asked for (ACCELERATE_USE_FSDP) but accelerate runs DDP on CPU processes (it shards models only "
+            "on accelerators): every process holds the whole model"
+        )
 
 
-def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopSignals, lock: RunLock) -> Path:
+def exit_status(e: BaseException) -> int:
+    """The exit status of the ``apo`` command that ends on ``e`` (see :mod:`apo.cli.main`)."""
+    if isinstance(e, (cfglib.ConfigError, RunDirBusy)):
+        return 2
+    if isinstance(e, (RunStopped, ranks.PeerFailed)):
+        return e.code
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    return 1
+
+
+class _Run:
+    """What one ``apo train`` carries from step to step: the folder, the resume point, the signals, the lock and the
+    wall clock (``carried``: the seconds of the steps a resumed run keeps)."""
+
+    def __init__(self, run_dir: Path, resume: bool, stop: StopSignals, lock: RunLock, checkpoint, carried: float):
+        self.run_dir, self.resume, self.stop, self.lock = run_dir, resume, stop, lock
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.carried, self.t0 = carried, time.time()
+
+    def wall_time_s(self) -> float:
+        return self.carried + time.time() - self.t0
+
+    def stopped(self) -> bool:
+        """Whether a signal asked any rank to stop (every rank must call it at the same point); a rank that got no
+        signal takes the signal of the one that did, so that all end with the same status."""
+        signums = [s for s in ranks.gather(self.stop.signum) if s is not None]
+        if signums and self.stop.signum is None:
+            self.stop.signum = signums[0]
+        return bool(signums)
+
+    def stop_error(self, step: int, saved: bool) -> RunStopped:
+        stop, run_dir = self.stop, self.run_dir
+        if saved:
+            what = f"at step {step} (checkpoint-{step} saved)" if step else "before training started"
+            return RunStopped(f"stopped by {stop.name} {what}; resume with: {resume_command(run_dir)}", stop.code)
+        return RunStopped(
+            f"stopped by {stop.name} at step {step} without a checkpoint (save_strategy=no); "
+            f"{resume_command(run_dir)} starts it over",
+            stop.code,
+        )
+
+
+def _open_run(values: dict[str, Any], cfg, run_dir: Path, resume: bool, into_existing: bool, lock: RunLock):
+    """Rank 0's checks of the run folder before any work: ``(checkpoint to resume from or None, the wall time of the
+    kept steps, finished)``. A resume takes the lock here (a fresh run takes it once its inputs are loaded,
+    :func:`_start_run_dir`), drops what a killed run left half-written and the metric lines past the checkpoint."""
+    cfglib.check_folder(run_dir, "config key 'output_dir':", "set output_dir=<a writable folder>")
+    if not resume and not into_existing:
+        refuse_foreign(run_dir, "output_dir")
+    if (pid := holder(run_dir)) is not None:
+        raise RunDirBusy(run_dir, pid if pid > 0 else None)
+    if not resume:
+        files = ("metrics.jsonl", "config.yaml", "eval_before.json")
+        leftovers = [n for n in files if (run_dir / n).exists()] + [p.name for p in run_dir.glob("checkpoint-*")]
+        if leftovers:
+            raise cfglib.ConfigError(
+                f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
+            )
+        return None, 0.0, False
+    if not (run_dir / "config.yaml").exists():
+        raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
+    lock.acquire()
+    check_resume_kind(run_dir, values)
+    # the folder being resumed is the run, wherever it was started from (a saved output_dir may be relative), and
+    # the thread count is the machine's, not the run's (the math is the same up to float summation order)
+    diff = saved_config_diff(run_dir, values)
+    if "torch_threads" in diff:
+        logger.info("--resume with torch_threads=%s (the saved run used another)", values.get("torch_threads"))
+    diff = [k for k in diff if k not in RESUME_MAY_DIFFER]
+    if diff:
+        raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
+    if is_finished(run_dir):
+        failed = json.loads((run_dir / "summary.json").read_text()).get("failed")
+        if failed:
+            raise cfglib.ConfigError(f"--resume: {run_dir} failed ({failed}); start over with a new output_dir")
+        logger.info("%s is finished (summary.json written): nothing to resume, nothing changed", run_dir)
+        return None, 0.0, True
+    _remove_leftovers(run_dir)
+    checkpoint = last_checkpoint(run_dir)
+    if checkpoint is not None:
+        from apo.integrations.trl.precision import checkpoint_weight_note
+
+        check_process_count(checkpoint)
+        if note := checkpoint_weight_note(checkpoint, cfg.master_weights):
+            logger.warning(note)
+    carried = _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+    return (None if checkpoint is None else str(checkpoint)), carried, False
+
+
+def checkpoint_processes(checkpoint: Path) -> int | None:
+    """How many processes wrote ``checkpoint``: Transformers saves one random state per process,
+    ``rng_state_<rank>.pth`` with several and ``rng_state.pth`` with one (``None`` when it holds neither)."""
+    per_rank = list(checkpoint.glob("rng_state_*.pth"))
+    if per_rank:
+        return len(per_rank)
+    return 1 if (checkpoint / "rng_state.pth").is_file() else None
+
+
+def check_process_count(checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` with another number of processes than wrote it: the global batch
+    (``per_device_train_batch_size`` x processes), the order in which the sampler hands prompts out and each
+    process's random state would all change, so the resumed steps would not continue the run.
+
+    Raises:
+        ConfigError: ``--resume: checkpoint-4 was written by 2 processes and this launch has 1; ...``.
+    """
+    saved, now = checkpoint_processes(checkpoint), ranks.world_size()
+    if saved is not None and saved != now:
+        how = "apo train" if saved == 1 else f"torchrun --nproc_per_node {saved} -m apo.cli.main train"
+        raise cfglib.ConfigError(
+            f"--resume: {checkpoint.name} was written by {saved} process{'es' if saved > 1 else ''} and this launch "
+            f"has {now}: resume it with {saved} ({how} ... --resume)"
+        )
+
+
+def _train(values: dict[str, Any], cfg, run: _Run) -> Path:
+    """The run itself, on every rank: load the inputs, evaluate before, build the trainer, train, finalise."""
     import torch
+
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    _seed_everything(cfg.seed)
+    with ranks.agreed(exit_status):
+        with loading_inputs(cfg):
+            reward_fn, model, tokenizer, train_ds, eval_ds = load_run_inputs(cfg)
+        _check_one_step(cfg, train_ds)
+    created: list[Path] = []
+    with ranks.agreed(exit_status):
+        if ranks.is_main() and not run.resume:
+            created = _start_run_dir(run.run_dir, values, run.lock)
+    try:
+        with ranks.agreed(exit_status):
+            if cfg.eval_before_after and ranks.broadcast(not (run.run_dir / "eval_before.json").exists()):
+                _evaluate_before(cfg, run.run_dir, model, tokenizer, eval_ds, reward_fn)
+            if run.stopped():
+                raise run.stop_error(0, True)
+            no_reward = _StopWithoutReward(reward_fn)
+            trainer = _build_trainer(cfg, run, model, tokenizer, train_ds, reward_fn, no_reward)
+    except BaseException:
+        _undo_start(run.run_dir, created, run.lock)
+        raise
+    _fit(trainer, run, created)
+    if run.stopped():
+        raise run.stop_error(trainer.state.global_step, _saves(cfg))
+    if no_reward.check("training") is not None or trainer.state.global_step == 0:
+        reason = no_reward.reason or "no optimizer step was trained"
+        if ranks.is_main():
+            failed = {"failed": reason, "steps": trainer.state.global_step, "wall_time_s": run.wall_time_s()}
+            _write_json(run.run_dir / "summary.json", failed)
+        raise RunFailed(f"{reason}; {run.run_dir}/summary.json marks the run failed, no final model written")
+    _save_final(trainer, tokenizer, run.run_dir)
+    after = None
+    if cfg.eval_before_after and eval_ds is not None:
+        after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kwargs(cfg))
+    failed_frac = no_reward.failed_frac()
+    if run.stopped():
+        raise run.stop_error(trainer.state.global_step, _saves(cfg))
+    if ranks.is_main():
+        _write_summary(cfg, run, trainer.state.global_step, failed_frac, after)
+    return run.run_dir
+
+
+def _evaluate_before(cfg, run_dir: Path, model, tokenizer, eval_ds, reward_fn) -> None:
+    """The held-out evaluation of the starting policy (``eval_before.json``, written by rank 0)."""
+    counts = _reward_counts(reward_fn)
+    before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kwargs(cfg))
+    _fail_if_no_reward(reward_fn, counts, "the held-out evaluation before training")
+    if ranks.is_main():
+        _write_json(run_dir / "eval_before.json", before)
+        logger.info("held-out reward before training: %.4f", before["reward"])
+
+
+def _build_trainer(cfg, run: _Run, model, tokenizer, train_ds, reward_fn, no_reward):
     from transformers import PrinterCallback, ProgressCallback
 
     from apo.cli.lora import peft_config
     from apo.integrations.trl.trainer import APOTrainer
 
-    t0 = time.time()
-    carried = 0.0  # wall time of the steps a resumed run keeps
-
-    def wall_time_s() -> float:
-        return carried + time.time() - t0
-
-    saved_cfg = run_dir / "config.yaml"
-    checkpoint = None
-    if (pid := holder(run_dir)) is not None:
-        raise RunDirBusy(run_dir, pid if pid > 0 else None)
-    if resume:
-        if not saved_cfg.exists():
-            raise cfglib.ConfigError(f"--resume: no run to resume in {run_dir} (no config.yaml); drop --resume")
-        lock.acquire()
-        check_resume_kind(run_dir, values)
-        # the folder being resumed is the run, wherever it was started from (a saved output_dir may be relative), and
-        # the thread count is the machine's, not the run's (the math is the same up to float summation order)
-        diff = saved_config_diff(run_dir, values)
-        if "torch_threads" in diff:
-            logger.info("--resume with torch_threads=%s (the saved run used another)", values.get("torch_threads"))
-        diff = [k for k in diff if k not in RESUME_MAY_DIFFER]
-        if diff:
-            raise cfglib.ConfigError(f"--resume: the config differs from the saved run in {diff}")
-        if is_finished(run_dir):
-            failed = json.loads((run_dir / "summary.json").read_text()).get("failed")
-            if failed:
-                raise cfglib.ConfigError(f"--resume: {run_dir} failed ({failed}); start over with a new output_dir")
-            logger.info("%s is finished (summary.json written): nothing to resume, nothing changed", run_dir)
-            return run_dir
-        _remove_leftovers(run_dir)
-        checkpoint = last_checkpoint(run_dir)
-        if checkpoint is not None:
-            from apo.integrations.trl.precision import checkpoint_weight_note
-
-            if note := checkpoint_weight_note(checkpoint, cfg.master_weights):
-                logger.warning(note)
-        carried = _truncate_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[1]) if checkpoint else 0)
-    else:
-        leftovers = [
-            p.name for p in (run_dir / "metrics.jsonl", saved_cfg, run_dir / "eval_before.json") if p.exists()
-        ]
-        leftovers += [p.name for p in run_dir.glob("checkpoint-*")]
-        if leftovers:
-            raise cfglib.ConfigError(
-                f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
-            )
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    _seed_everything(cfg.seed)
-
-    with loading_inputs(cfg):
-        reward_fn, model, tokenizer, train_ds, eval_ds = load_run_inputs(cfg)
-    _check_one_step(cfg, train_ds)
-    eval_kw = eval_kwargs(cfg)
-    created = [] if resume else _start_run_dir(run_dir, values, lock)
-    try:
-        if cfg.eval_before_after and not (run_dir / "eval_before.json").exists():
-            counts = _reward_counts(reward_fn)
-            before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kw)
-            _fail_if_no_reward(reward_fn, counts, "the held-out evaluation before training")
-            _write_json(run_dir / "eval_before.json", before)
-            logger.info("held-out reward before training: %.4f", before["reward"])
-        if stop.requested:
-            raise _stopped(stop, run_dir, 0, True)
-        no_reward = _StopWithoutReward(reward_fn)
-        with failing_start("could not build the trainer"):
-            trainer = APOTrainer(
-                model=model,
-                reward_funcs=[reward_fn],
-                args=cfg,
-                train_dataset=train_ds,
-                processing_class=tokenizer,
-                callbacks=[*_callbacks(run_dir, cfg.max_steps, wall_time_s, stop), no_reward.callback],
-                peft_config=peft_config(cfg),
-                optimizers=make_optimizers(cfg, model),
-            )
-    except BaseException:
-        _undo_start(run_dir, created, lock)
-        raise
+    with failing_start("could not build the trainer"):
+        trainer = APOTrainer(
+            model=model,
+            reward_funcs=[reward_fn],
+            args=cfg,
+            train_dataset=train_ds,
+            processing_class=tokenizer,
+            callbacks=[*_callbacks(run.run_dir, cfg.max_steps, run.wall_time_s, run.stopped), no_reward.callback],
+            peft_config=peft_config(cfg),
+            optimizers=make_optimizers(cfg, model),
+        )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    state = _checkpoint_state(checkpoint) if checkpoint is not None else {}
+    return trainer
+
+
+def _fit(trainer, run: _Run, created: list[Path]) -> None:
+    """Train from the start or from ``run.checkpoint``. A run whose checkpoint is its last step is only loaded:
+    ``Trainer.train`` would train one step more. A setting refused before any step (an optimizer or scheduler
+    setting) leaves the folder as it was (:func:`_undo_start`)."""
+    state = _checkpoint_state(run.checkpoint) if run.checkpoint is not None else {}
     if state and state["global_step"] >= max(1, state.get("max_steps") or 0):
-        # The last step is checkpointed, only the final files are missing; Trainer.train would train one step more.
-        logger.info("%s holds the last step: writing the final model, evaluation and summary", checkpoint.name)
-        trainer._load_from_checkpoint(str(checkpoint))
+        logger.info("%s holds the last step: writing the final model, evaluation and summary", run.checkpoint.name)
+        trainer._load_from_checkpoint(str(run.checkpoint))
         trainer.state.global_step = state["global_step"]
-    else:
-        try:
-            with failing_start("training could not start", lambda: trainer.state.global_step == 0 and not resume):
-                trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except cfglib.ConfigError:  # nothing trained (an optimizer or scheduler setting): the folder as it was
-            _undo_start(run_dir, created, lock)
-            raise
-    if stop.requested:
-        raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
-    if no_reward.check("training") is not None or trainer.state.global_step == 0:
-        reason = no_reward.reason or "no optimizer step was trained"
-        failed = {"failed": reason, "steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
-        _write_json(run_dir / "summary.json", failed)
-        raise RunFailed(f"{reason}; {run_dir}/summary.json marks the run failed, no final model written")
+        return
+    try:
+        with failing_start("training could not start", lambda: trainer.state.global_step == 0 and not run.resume):
+            trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    except cfglib.ConfigError:  # nothing trained: the folder as it was
+        _undo_start(run.run_dir, created, run.lock)
+        raise
 
-    final = run_dir / "final"
-    tmp = run_dir / "final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+
+def _save_final(trainer, tokenizer, run_dir: Path) -> None:
+    """``final/``: the trained model (every rank takes part: a sharded model is gathered) and the tokenizer, written
+    under ``final.tmp`` and renamed by rank 0."""
+    final, tmp = run_dir / "final", run_dir / "final.tmp"
+    if ranks.is_main():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
     trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    trainer.accelerator.wait_for_everyone()
+    if ranks.is_main():
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
 
+
+def _write_summary(cfg, run: _Run, steps: int, failed_frac: float, after: dict | None) -> None:
+    """``eval_after.json``, ``curves.png`` and, last, ``summary.json`` (rank 0)."""
     from apo.cli.plots import plot_run, read_metrics, stability_stats
 
-    rows = read_metrics(run_dir)
-    summary: dict[str, Any] = {"steps": trainer.state.global_step, "wall_time_s": wall_time_s()}
-    summary["reward_failed_frac"] = no_reward.failed_frac()
+    rows = read_metrics(run.run_dir)
+    summary: dict[str, Any] = {"steps": steps, "wall_time_s": run.wall_time_s()}
+    summary["reward_failed_frac"] = failed_frac
     summary["truncated_completions"] = cfg.truncated_completions  # what the rewards and evaluations gave cut text
     summary.update(clipped_ratio_summary(rows))
-    if cfg.eval_before_after and eval_ds is not None:
-        after = evaluate(trainer.model, tokenizer, eval_ds, reward_fn, **eval_kw)
-        _write_json(run_dir / "eval_after.json", after)
-        before = json.loads((run_dir / "eval_before.json").read_text())
+    if after is not None:
+        _write_json(run.run_dir / "eval_after.json", after)
+        before = json.loads((run.run_dir / "eval_before.json").read_text())
         summary.update(
             reward_before=before["reward"],
             reward_after=after["reward"],
@@ -799,12 +960,9 @@ def _train(values: dict[str, Any], cfg, run_dir: Path, resume: bool, stop: StopS
             eval_clipped_ratio_after=after["clipped_ratio"],
             **coverage_summary(before, after),
         )
-    if stop.requested:
-        raise _stopped(stop, run_dir, trainer.state.global_step, _saves(cfg))
     summary.update(stability_stats(rows))
-    plot_run(run_dir, rows=rows)
-    _write_json(run_dir / "summary.json", summary)  # last: marks the run finished
-    return run_dir
+    plot_run(run.run_dir, rows=rows)
+    _write_json(run.run_dir / "summary.json", summary)  # last: marks the run finished
 
 
 def _check_one_step(cfg, train_ds) -> None:
@@ -822,7 +980,9 @@ def _check_one_step(cfg, train_ds) -> None:
 
 
 def _reward_counts(reward_fn) -> tuple[int, int]:
-    return getattr(reward_fn, "n_failed", 0), getattr(reward_fn, "n_scored", 0)
+    """``(failed, scored)``: the completions the reward failed on and scored so far, summed over the ranks (each
+    rank scores its own; every rank calls this at the same points)."""
+    return ranks.sum_over_ranks((getattr(reward_fn, "n_failed", 0), getattr(reward_fn, "n_scored", 0)))
 
 
 def _no_reward_reason(reward_fn, counts: tuple[int, int], where: str) -> str | None:

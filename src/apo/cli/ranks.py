@@ -1,0 +1,122 @@
+"""The processes of one ``apo`` command launched by ``torchrun`` or ``accelerate launch``: who speaks, who writes, and
+how they agree.
+
+A launcher starts one process per rank, each running the whole command. Every rank trains (TRL and accelerate share
+the work); the run folder is rank 0's alone: it takes the run lock, writes ``config.yaml``, ``metrics.jsonl``, the
+evaluations, ``final/`` and ``summary.json``, and prints. The other ranks follow the same path and print nothing of
+their own (a failure that only they meet still prints its line).
+
+- :func:`rank`, :func:`world_size`, :func:`is_main`: read from the launcher's ``RANK`` / ``WORLD_SIZE``, so they are
+  right before the process group exists (a config that fails to parse is said once, by rank 0).
+- :func:`broadcast`, :func:`gather`, :func:`any_rank`: collectives over accelerate's process group (the one
+  ``TrainingArguments`` starts, gloo on a CPU); with one process they return their input.
+- :func:`agreed`: a block that every rank runs, after which every rank knows whether any rank raised: a rank that
+  did not raise raises :class:`PeerFailed` (exit status of the failing rank, nothing printed), so that no rank waits
+  for ever in a collective that a failed rank will never reach.
+
+This module imports neither TRL nor the other CLI modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+
+def rank() -> int:
+    """This process's global rank (``RANK``, set by ``torchrun`` and ``accelerate launch``; 0 without a launcher)."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def world_size() -> int:
+    """The number of processes of the command (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def is_main() -> bool:
+    """Whether this process speaks and writes the run folder (rank 0)."""
+    return rank() == 0
+
+
+def _group() -> bool:
+    if world_size() <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size()} but no process group: build the run's config (TrainingArguments starts "
+            "accelerate's) before a collective"
+        )
+    return True
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (any picklable object)."""
+    if not _group():
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def gather(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
+    if not _group():
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on some rank (every rank must call it at the same point)."""
+    return any(gather(bool(flag)))
+
+
+def sum_over_ranks(values: tuple[int, ...]) -> tuple[int, ...]:
+    """The element-wise sum over ranks of a tuple of integers (each rank's counters, e.g. rewards scored)."""
+    return tuple(sum(col) for col in zip(*gather(tuple(values)), strict=True))
+
+
+class PeerFailed(Exception):
+    """Another rank failed in a block every rank runs (:func:`agreed`); that rank said why. ``code``: the exit status
+    to end with, silently."""
+
+    def __init__(self, code: int):
+        super().__init__(f"another process of this command failed (exit status {code})")
+        self.code = code
+
+
+@contextlib.contextmanager
+def agreed(code_of=lambda e: 1) -> Iterator[None]:
+    """Run the block on every rank, then exchange whether each raised: the rank that raised re-raises its exception;
+    the others raise :class:`PeerFailed` with ``code_of(exception)`` of the lowest failing rank (``code_of`` maps an
+    exception to the exit status it gives, evaluated on the failing rank). With one process: the block alone."""
+    error: BaseException | None = None
+    try:
+        yield
+    except BaseException as e:  # re-raised below, after the other ranks know
+        error = e
+    if world_size() > 1:
+        codes = gather(None if error is None else int(code_of(error)))
+        failed = [r for r, c in enumerate(codes) if c is not None]
+        if error is None and failed:
+            raise PeerFailed(codes[failed[0]])
+        if error is not None:
+            with contextlib.suppress(AttributeError, TypeError):
+                error.apo_speaks = failed[0] == rank()  # the lowest failing rank says it, once
+    if error is not None:
+        raise error
+
+
+def speaks(error: BaseException) -> bool:
+    """Whether this process prints the line of ``error``: the lowest rank that met it in an :func:`agreed` block, or
+    else rank 0 (a failure every rank meets alike, such as a config that does not parse, is said once)."""
+    return bool(getattr(error, "apo_speaks", is_main()))
