@@ -54,6 +54,8 @@ def run_apo(
     close_stdout: bool = False,
     file_size_limit: int | None = None,
     while_running=None,
+    launcher: list[str] | None = None,
+    signal_tree: bool = False,
 ) -> Journey:
     """Run ``apo <argv>`` in ``cwd`` until it exits or ``timeout_s`` passes (then it and every process it started are
     killed, and ``code`` is -9). Every 0.05 s the process tree is recorded (pid and start time), so that a child
@@ -63,13 +65,16 @@ def run_apo(
     ``while_running``: called once, with the ``Popen``, at the same moment (e.g. to start a second command).
     ``close_stdout``: the reader of stdout goes away at once (``apo ... | true``).
     ``file_size_limit``: ``RLIMIT_FSIZE`` in bytes (``ulimit -f``): writing past it fails as on a full disk.
+    ``launcher``: a command that starts the console script, e.g. ``torchrun --nproc_per_node 2`` (:func:`torchrun`);
+    signals then go to the launcher alone (``kill PID``). ``signal_tree``: ``signum`` goes to every process of the
+    command (:func:`signal_tree`), as a job scheduler's kill does.
     """
     env = dict(os.environ)  # keeps PYTHONPATH: the command imports the same package as the tests
     out_path, err_path = (Path(cwd) / f".journey-{time.monotonic_ns()}.{name}" for name in ("out", "err"))
     with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
         t0 = time.time()
         proc = subprocess.Popen(
-            [str(APO), *argv],
+            [*(launcher or []), str(APO), *argv],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -102,7 +107,7 @@ def run_apo(
             signalled = True
             if while_running is not None:
                 while_running(proc)
-            os.kill(proc.pid, signum)
+            signal_all(proc.pid, signum) if signal_tree else os.kill(proc.pid, signum)
         time.sleep(0.05)
     ended = time.time()
     out, err = out_path.read_text(), err_path.read_text()
@@ -142,6 +147,39 @@ def _kill_tree(pid: int, seen: dict[int, float]) -> None:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+def signal_all(pid: int, signum: int) -> None:
+    """Send ``signum`` to ``pid`` and every process below it (a launcher's ranks run in sessions of their own, so
+    ``killpg`` of the launcher's group does not reach them)."""
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return
+    for p in procs:
+        try:
+            p.send_signal(signum)
+        except psutil.Error:
+            pass
+
+
+def torchrun(processes: int) -> list[str]:
+    """``torchrun`` with ``processes`` ranks on this machine (a free port; gloo on a CPU), as a launcher for
+    :func:`run_apo`: each rank runs the installed console script."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node",
+        str(processes),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+    ]
 
 
 def metric_lines(run_dir: Path) -> int:
