@@ -93,6 +93,8 @@ def config(**overrides):
         ({"algorithm": "gspo", "loss_type": "dapo"}, ["loss_type", "algorithm='grpo'"]),
         ({"algorithm": "grpo", "loss_type": "vespo", "importance_sampling_level": "sequence"}, ["'token'"]),
         ({"algorithm": "grpo", "loss_type": "ppo"}, ["loss_type", "dapo"]),
+        ({"algorithm": "apo", "loss_type": "bogus"}, ["loss_type='bogus'", "leave loss_type unset"]),
+        ({"algorithm": "adpo", "importance_sampling_level": "tok"}, ["importance_sampling_level", "'sequence'"]),
         ({"alpha_ema": 0.0, "alpha_schedule": "guarded"}, ["alpha_ema"]),
     ],
 )

@@ -215,6 +215,14 @@ class APOConfig(GRPOConfig):
                     setattr(self, key, value)
             self._check_trl_loss()
         else:
+            # unused by the group objectives, but a misspelt value is a mistake all the same
+            trl_names = {"loss_type": TRL_LOSS_TYPES, "importance_sampling_level": IMPORTANCE_SAMPLING_LEVELS}
+            for key, valid in trl_names.items():
+                if getattr(self, key) not in (None, *valid):
+                    raise ValueError(
+                        f"{key}={getattr(self, key)!r} is none of TRL's {valid}; algorithm={algo!r} does not use "
+                        f"it: leave {key} unset"
+                    )
             self.loss_type = "grpo" if self.loss_type is None else self.loss_type
             self.importance_sampling_level = self.importance_sampling_level or "token"
             self.epsilon = 0.2 if self.epsilon is None else self.epsilon
