@@ -12,6 +12,7 @@ tensor ``delta_NT`` added to the rollout log-probs, so gradients can be compared
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -283,6 +284,15 @@ def test_reordered_rollout_batch_is_rejected_by_the_estimator():
     rollout["uids"] = [rollout["uids"][i] for i in torch.randperm(N, generator=torch.Generator().manual_seed(0))]
     with pytest.raises(ValueError, match="contiguous block.*balance_batch=false"):
         estimate(compose_config(micro=G), rollout)
+
+
+@pytest.mark.parametrize("setting", ["trainer.balance_batch=true", "trainer.use_v1=true"])
+def test_trainer_settings_that_reorder_rows_stop_the_estimator(setting):
+    """verl's defaults for these two are true, and both reorder rows before the advantage step (balance_batch sorts by
+    length even on one rank). The estimator reads them through the root of the config verl hands it and names the
+    one to change, here on a batch whose rows are still in order."""
+    with pytest.raises(ValueError, match=f"settings that break groups: {re.escape(setting)}"):
+        estimate(compose_config(micro=G, extra=[setting]), make_rollout())
 
 
 def test_group_loss_without_payload_names_the_estimator():

@@ -560,14 +560,15 @@ def test_runs_on_verls_fsdp_engine_on_cpu(report):
 @pytest.mark.parametrize("mode", ["apo", "adpo"])
 def test_engine_loss_equals_library_loss(report, mode):
     """Every micro-batch loss verl computed equals the library's on the same rows: from the same log-probs to 1e-5
-    relative; from a separate float64 transformers forward at the same parameters to 1e-5 relative or 1e-7 absolute
-    (float32 forward noise: the smallest losses here are ~1e-5)."""
+    relative; from a separate float64 transformers forward at the same parameters to 3e-5 relative or 1e-7 absolute
+    (float32 forward noise: the smallest losses here are ~1e-5; measured in 2026-12 with transformers 5.10.4, and the
+    same on that loss with 5.19: 1.1e-5 relative on a loss of 0.032, below 5e-6 on every other loss above 1e-4)."""
     calls, same, forward = report[mode]["calls"], report[mode]["library_same"], report[mode]["library_forward"]
     assert len(calls) == len(same) == len(forward) >= 4 * ROLLOUTS
     assert sum(abs(e) > 1e-3 for e in forward) >= ROLLOUTS  # micro-batches whose groups carry a signal
     for call, lib, fwd in zip(calls, same, forward, strict=True):
         assert call["loss"] == pytest.approx(lib, rel=1e-5, abs=1e-12), (call["rows"], call["loss"], lib)
-        assert call["loss"] == pytest.approx(fwd, rel=1e-5, abs=1e-7), (call["rows"], call["loss"], fwd)
+        assert call["loss"] == pytest.approx(fwd, rel=3e-5, abs=1e-7), (call["rows"], call["loss"], fwd)
 
 
 def test_alpha_the_loss_used_is_the_schedules(report):

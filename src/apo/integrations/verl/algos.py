@@ -189,9 +189,27 @@ def compute_apo_advantage(
     return adv_NT, adv_NT
 
 
-def _check_group_batching(actor: Any, group_size: int) -> None:
-    """Fail at the first step, in the driver, on actor settings that would split or reorder groups."""
+def _trainer_settings(config: Any) -> Any:
+    """The ``trainer`` section of the run, reached from the ``algorithm`` node verl hands an estimator through the
+    root of its Hydra config (``RayPPOTrainer.fit`` passes ``self.config.algorithm``); ``None`` when ``config`` is
+    not part of one (a dataclass, a test's dict)."""
+    get_root = getattr(config, "_get_root", None)
+    if get_root is None:
+        return None
+    root = get_root()
+    return root.get("trainer", None) if hasattr(root, "get") else None
+
+
+def _check_group_batching(actor: Any, trainer: Any, group_size: int) -> None:
+    """Fail at the first step, in the driver, on settings that would split or reorder groups."""
     problems = []
+    if trainer is not None:
+        # verl's defaults are both true: balance_batch re-sorts rows by length before the advantage step (even on
+        # one rank), and the v1 trainer always balances and re-packs advantages per token.
+        if trainer.get("use_v1", False):
+            problems.append("trainer.use_v1=true")
+        if trainer.get("balance_batch", False):
+            problems.append("trainer.balance_batch=true")
     if actor.get("shuffle", False):
         problems.append("actor_rollout_ref.actor.shuffle=true")
     if actor.get("use_dynamic_bsz", False):
@@ -229,7 +247,7 @@ def compute_apo_group_payload(
     codes_N = group_codes(index)
     groups = make_groups(codes_N, None, hint=GROUP_HINT)
     G = groups.group_size
-    _check_group_batching(actor, G)
+    _check_group_batching(actor, _trainer_settings(config), G)
     rows_N = torch.arange(codes_N.numel())
     if not torch.equal(codes_N, rows_N // G):
         first = int((codes_N != rows_N // G).nonzero()[0])
