@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from apo.algorithms import in_range, is_import_path, settings_fields
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 
@@ -275,19 +277,8 @@ RANGES: dict[str, str] = {
     "vllm_importance_sampling_clip_min": ">= 0",
     "vllm_importance_sampling_clip_max": "> 0",
     "vllm_importance_sampling_cap": "> 0",
-    # APO (APOConfig)
-    "alpha": "[0, 1]",
-    "alpha_min": "[0, 1]",
-    "alpha_max": "[0, 1]",
-    "tau_anchor": "> 0",
-    "beta_reward": "> 0",
-    "reward_eps": "> 0",
-    "alpha_ema": "(0, 1]",
-    "baseline_ema": "(0, 1]",
-    "reward_scale": "> 0",
-    "ess_target": "(0, 1]",
-    "weight_clip_min": "[0, 1]",
-    "weight_clip_max": ">= 1",
+    # the group algorithms' settings: the range on each field (apo.algorithms)
+    **{name: f.metadata["range"] for name, f in settings_fields().items() if "range" in f.metadata},
     # run settings
     "reward_timeout": "> 0",  # None: no time limit
     "partial_credit": "[0, 1]",  # a wrong answer must score below a right one (1.0)
@@ -310,33 +301,6 @@ UNCONSTRAINED: dict[str, str] = {
 }
 """Numeric keys deliberately without a range, with the reason."""
 
-_BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
-_INTERVAL = re.compile(r"^([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])$")
-
-
-def _range_test(spec: str):
-    """A predicate ``float -> bool`` for one range spec (see :data:`RANGES`)."""
-    tests = []
-    for part in spec.split("|"):
-        part = part.strip()
-        if m := _BOUND.match(part):
-            op, b = m.group(1), float(m.group(2))
-            tests.append({">=": b.__le__, ">": b.__lt__, "<=": b.__ge__, "<": b.__gt__}[op])
-        elif m := _INTERVAL.match(part):
-            lo_c, lo, hi, hi_c = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
-            tests.append(
-                lambda v, lo=lo, hi=hi, lo_c=lo_c, hi_c=hi_c: (
-                    (v >= lo if lo_c == "[" else v > lo) and (v <= hi if hi_c == "]" else v < hi)
-                )
-            )
-        else:
-            value = float(part)
-            tests.append(value.__eq__)
-    return lambda v: not math.isnan(v) and any(t(v) for t in tests)
-
-
-_RANGE_TESTS: dict[str, Any] = {}
-
 
 def check_ranges(values: dict[str, Any]) -> None:
     """Check every numeric value of ``values`` against :data:`RANGES` (``None``, strings and booleans are left to the
@@ -351,8 +315,7 @@ def check_ranges(values: dict[str, Any]) -> None:
             continue
         if not math.isfinite(value):
             raise ConfigError(f"config key {key!r}: {value!r} is not a finite number (allowed: {spec})")
-        test = _RANGE_TESTS.get(spec) or _RANGE_TESTS.setdefault(spec, _range_test(spec))
-        if not test(float(value)):
+        if not in_range(value, spec):
             raise ConfigError(f"config key {key!r}: {value!r} is out of range (allowed: {spec})")
 
 
@@ -671,6 +634,8 @@ def resolve(path: str | Path | None, overrides: dict[str, Any] | None = None):
 def default_output_dir(values: dict[str, Any], config_name: str | None = None) -> str:
     """``runs/[<config>-]<algorithm>[-<schedule>]-seed<seed>`` (the config's name keeps bundled configs apart)."""
     alg = values.get("algorithm", "apo")
+    if is_import_path(alg):  # a group objective by import path: named by its function
+        alg = alg.rpartition(":")[2]
     sched = f"-{values.get('alpha_schedule', 'fixed')}" if alg == "apo" else ""
     prefix = f"{config_name}-" if config_name else ""
     return f"runs/{prefix}{alg}{sched}-seed{values.get('seed', 42)}"

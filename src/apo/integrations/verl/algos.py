@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from apo.algorithms import get_algorithm
 from apo.core import boltzmann_log_target, get_objective, make_groups
 from apo.core.diagnostics import NAN_WHEN_UNDEFINED
 from apo.core.objectives import on_policy_advantages
@@ -41,6 +42,7 @@ from apo.core.targets import check_finite
 
 from . import payload
 from .config import GROUP_LOSSES, APOPolicyLossConfig
+from .settings import SETTING_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -279,20 +281,17 @@ def _group_policy_loss(
             f" {GROUP_HINT}"
         )
     dtype = torch.promote_types(log_prob.dtype, torch.float32)
+    algorithm = get_algorithm(name)
     loss, metrics = get_objective(name)(
         log_prob,
         old_log_prob,
         response_mask,
         data.rewards_N.to(dtype),
         data.group_ids_N.to(log_prob.device),
-        alpha=data.alpha,
-        tau_anchor=settings.tau_anchor,
-        beta_reward=settings.beta_reward,
-        eps=settings.eps,
-        weight_clip=settings.weight_clip_tuple(),
         sequence_score=settings.sequence_score,
         group_size=G,
         group_hint=GROUP_HINT,
+        **algorithm.objective_kwargs(settings, data.alpha, aliases=SETTING_NAMES),
     )
     # verl backpropagates every micro-batch loss as is and averages gradients over data-parallel ranks; scale the
     # micro-batch mean so that the accumulated gradient is that of the mean over the global mini-batch's groups.

@@ -19,6 +19,8 @@ from apo.core.schedules import SCHEDULES, make_alpha_schedule, schedule_params
 from apo.core.scores import SCORE_MODES
 
 SECTION = "policy_loss"
+SETTING_NAMES = {"reward_eps": "eps"}
+"""The registry's settings (:mod:`apo.algorithms`) whose key in this section has another name."""
 
 
 def _number(name: str, value: Any) -> float:
@@ -98,6 +100,18 @@ class APOLossSettings:
         if not 0.0 <= w_min <= 1.0 <= w_max:
             raise ValueError(f"{SECTION}.weight_clip must satisfy 0 <= w_min <= 1 <= w_max, got {self.weight_clip!r}")
         return w_min, w_max
+
+    @property
+    def weight_clip_min(self) -> float | None:
+        """``w_min`` of :meth:`weight_clip_tuple` (the registry's name for it), ``None`` when clipping is off."""
+        clip = self.weight_clip_tuple()
+        return None if clip is None else clip[0]
+
+    @property
+    def weight_clip_max(self) -> float | None:
+        """``w_max`` of :meth:`weight_clip_tuple`, ``None`` when clipping is off."""
+        clip = self.weight_clip_tuple()
+        return None if clip is None else clip[1]
 
     def schedule_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`apo.core.make_alpha_schedule` for ``alpha_schedule``."""
