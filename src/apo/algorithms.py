@@ -460,9 +460,9 @@ def _user_algorithm(path: str) -> Algorithm:
         if fn is None:
             raise ValueError(f"{where}: module {module_name!r} has no attribute {attr!r}")
     if not callable(fn):
-        raise ValueError(f"{where}: {attr!r} is a {type(fn).__name__}, not a function")
+        raise ValueError(f"{where}: {attr!r} ({type(fn).__name__}) is not callable")
     try:
-        inspect.signature(fn).bind(None, None, None)
+        inspect.signature(fn).bind_partial(None, None, None)
     except TypeError:
         raise ValueError(
             f"{where}: a group objective is called fn(logp_BG, old_logp_BG, rewards_BG, **objective_kwargs); "
