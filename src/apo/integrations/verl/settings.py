@@ -15,10 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from apo.algorithms import get_algorithm, is_import_path
 from apo.core.schedules import SCHEDULES, make_alpha_schedule, schedule_params
 from apo.core.scores import SCORE_MODES
 
 SECTION = "policy_loss"
+OBJECTIVE_LOSS = "objective"
+"""``loss_mode`` of a group objective given by import path (the ``objective`` key)."""
 SETTING_NAMES = {"reward_eps": "eps"}
 """The registry's settings (:mod:`apo.algorithms`) whose key in this section has another name."""
 
@@ -59,6 +62,11 @@ class APOLossSettings:
     """Optional ``[w_min, w_max]`` of Eq. 24, 0 <= w_min <= 1 <= w_max; null disables clipping."""
     sequence_score: str = "sum"
     """Sequence score l_i: ``sum`` of token log-probs (the paper) or their ``mean``."""
+    objective: str | None = None
+    """With ``loss_mode=objective``: a group objective ``module:function``, called ``fn(logp_BG, old_logp_BG,
+    rewards_BG, **objective_kwargs)`` (:mod:`apo.algorithms`)."""
+    objective_kwargs: dict | None = None
+    """The keyword settings of ``objective``, each accepted by the function."""
 
     def __post_init__(self) -> None:
         self.check()
@@ -89,6 +97,34 @@ class APOLossSettings:
                 raise ValueError(f"{SECTION}.{name} must be > 0, got {getattr(self, name)!r}")
         self.weight_clip_tuple()
         self.make_schedule()  # the schedule's own checks of its parameters
+        self._check_objective()
+
+    def _check_objective(self) -> None:
+        """``objective`` names a group objective that imports and takes ``objective_kwargs``, set exactly when
+        ``loss_mode=objective``."""
+        by_path = getattr(self, "loss_mode", OBJECTIVE_LOSS) == OBJECTIVE_LOSS  # verl's key, when it is there
+        if self.objective is None:
+            if by_path and hasattr(self, "loss_mode"):
+                raise ValueError(f"{SECTION}.loss_mode={OBJECTIVE_LOSS} needs {SECTION}.objective=module:function")
+            if self.objective_kwargs:
+                raise ValueError(f"{SECTION}.objective_kwargs is set without {SECTION}.objective: unset it")
+            return
+        if not by_path:
+            raise ValueError(
+                f"{SECTION}.objective is read with loss_mode={OBJECTIVE_LOSS} (got loss_mode={self.loss_mode}): "
+                f"set loss_mode={OBJECTIVE_LOSS} or unset objective"
+            )
+        if not is_import_path(self.objective):
+            raise ValueError(f"{SECTION}.objective must be 'module:function', got {self.objective!r}")
+        try:
+            get_algorithm(self.objective).check_objective_kwargs(dict(self.objective_kwargs or {}))
+        except ValueError as e:
+            raise ValueError(f"{SECTION}.{e}") from None
+
+    def group_algorithm(self, loss_mode: str):
+        """The :class:`apo.algorithms.Algorithm` the group loss ``loss_mode`` runs (``objective``'s for
+        ``loss_mode=objective``)."""
+        return get_algorithm(self.objective if loss_mode == OBJECTIVE_LOSS else loss_mode)
 
     def weight_clip_tuple(self) -> tuple[float, float] | None:
         """``(w_min, w_max)`` of Eq. 24, or ``None`` when clipping is off."""
