@@ -439,8 +439,7 @@ def get_algorithm(name: str) -> Algorithm:
         return REGISTRY[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown algorithm {name!r} (setting `algorithm`); valid: {sorted(REGISTRY)} or 'module:function' "
-            "(a group objective)"
+            f"unknown algorithm {name!r}; valid: {list(names())} or 'module:function' (a group objective)"
         ) from None
 
 

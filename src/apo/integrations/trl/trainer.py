@@ -21,11 +21,12 @@ What it overrides, and why (everything else is TRL's):
   ``steps_per_generation > 1``, so that peers compared in one study see the same micro-batches; otherwise TRL's
   row-wise shuffle is kept (with ``steps_per_generation == 1`` the one micro-batch holds every group whole anyway,
   and a run is then step for step the one ``GRPOTrainer`` makes).
-- ``_compute_loss`` (``apo``/``adpo`` only; ``grpo``/``gspo`` run TRL's own ``_compute_loss`` untouched): per-token
+- ``_compute_loss`` (group objectives only: ``apo``, ``adpo`` or a user's ``module:function``; the TRL losses run
+  TRL's own ``_compute_loss`` untouched): per-token
   log-probs from TRL's ``_get_per_token_logps_and_entropies``, anchor = ``old_per_token_logps`` (or the detached
-  current log-probs where TRL, exactly, knows the policy has not moved), the library objective
-  (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
-  ``make_groups`` verifies the grouping at every call.
+  current log-probs where TRL, exactly, knows the policy has not moved), the algorithm's group objective with the
+  settings it accepts (:mod:`apo.algorithms`), divided by ``current_gradient_accumulation_steps`` as TRL's
+  ``grpo`` loss is. ``make_groups`` verifies the grouping at every call.
 - ``_get_per_token_logps_and_entropies``: on CPU, TRL's fused LM head scores only the completion positions (its
   compact branch, which it takes on Triton devices) instead of every position of prompt + completion
   (:mod:`.scoring`); same values, every algorithm, train and eval.
