@@ -201,7 +201,7 @@ def _numeric_fields():
 
 def test_every_numeric_key_has_a_range_or_is_listed_as_unconstrained():
     missing = [f.name for f in _numeric_fields() if f.name not in cfglib.RANGES and f.name not in cfglib.UNCONSTRAINED]
-    assert not missing, f"add a line to apo.cli.config.RANGES (or UNCONSTRAINED) for {missing}"
+    assert not missing, f"give a range in the field metadata (or INHERITED_RANGES, or UNCONSTRAINED) for {missing}"
     fields = {f.name for f in dataclasses.fields(cfglib.run_config_class())}
     assert not (set(cfglib.RANGES) | set(cfglib.UNCONSTRAINED)) - fields  # no stale entry
     assert not set(cfglib.RANGES) & set(cfglib.UNCONSTRAINED)
