@@ -166,3 +166,19 @@ def test_an_objective_by_path_is_compared_with_a_preset(losses_module, tmp_path)
     assert main(["compare", *overrides, "--algorithms", f"adpo,{name}", "--seeds", "0", "--out", str(out)]) == 0
     table = json.loads((out / "table.json").read_text())
     assert [r["algorithm"] for r in table["algorithms"]] == ["adpo", name]
+
+
+def test_a_new_built_in_is_one_registry_entry(monkeypatch, make_trainer):
+    # what adding a built-in group algorithm takes: its function and one entry (settings by objective_kwargs here)
+    from apo.algorithms import GROUP, Algorithm
+
+    def soft_ce(logp_BG, old_logp_BG, rewards_BG, *, temperature=1.0):
+        loss = -(torch.softmax(rewards_BG / temperature, -1) * torch.log_softmax(logp_BG - old_logp_BG, -1)).sum(-1)
+        return loss.mean(), {"soft_ce/loss": loss.mean().detach()}
+
+    monkeypatch.setitem(REGISTRY, "soft_ce", Algorithm("soft_ce", GROUP, objective=soft_ce))
+    with pytest.raises(ValueError, match="'soft_ce' does not accept the setting 'temp'"):
+        config(algorithm="soft_ce", objective_kwargs={"temp": 2.0})
+    trainer = make_trainer(algorithm="soft_ce", objective_kwargs={"temperature": 2.0})
+    trainer.train()
+    assert all("soft_ce/loss" in row for row in trainer.state.log_history if "loss" in row)

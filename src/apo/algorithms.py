@@ -19,7 +19,10 @@ carry their help and range in field metadata, one ``validate()``), the keys it r
 and its TRL mapping. ``APOConfig``, the CLI's ranges, the presets and the precision defaults read them from here.
 A setting the objective does not accept is an error that names it, before any weights load.
 
-Adding a built-in group algorithm: its loss function, a settings dataclass and one :class:`Algorithm` entry here.
+Adding a built-in group algorithm: its loss function (the math, in :mod:`apo.core.objectives`) and one
+:class:`Algorithm` entry here, with its settings passed as ``objective_kwargs`` (checked against the function's
+signature); settings that are config keys of their own take a settings dataclass here and one
+``name: type = config_field("name")`` line per new key in ``APOConfig``.
 """
 
 from __future__ import annotations
