@@ -387,7 +387,7 @@ def _library_losses(run, model_dir, batches, loss_mode):
         for out, lp in ((same, call["log_probs"]), (forward, logp)):
             loss, _ = get_objective(loss_mode)(
                 lp, b["old_log_probs"][rows].to(lp.dtype), mask, rewards[rows].to(lp.dtype), rows // G,
-                alpha=alpha, tau_anchor=TAU, beta_reward=BETA, group_size=G,
+                tau_anchor=TAU, beta_reward=BETA, group_size=G, **({"alpha": alpha} if loss_mode == "apo" else {}),
             )  # fmt: skip
             out.append(float(loss) * scale)
     return same, forward

@@ -61,3 +61,26 @@ def test_inactive_schedule_settings_are_checked_too():
         APOLossSettings(alpha_schedule="ess", alpha_min=0.8, alpha_max=0.5)
     ok = APOLossSettings(alpha_schedule="guarded", weight_clip=[0.5, 2.0])
     assert ok.weight_clip_tuple() == (0.5, 2.0) and ok.make_schedule().alpha == pytest.approx(0.9)
+
+
+def test_a_group_objective_by_path_is_checked_in_the_section(tmp_path, monkeypatch):
+    from apo.algorithms import get_algorithm
+
+    (tmp_path / "verl_losses.py").write_text(
+        "def listwise(logp_BG, old_logp_BG, rewards_BG, *, temperature=1.0):\n    return logp_BG.sum(), {}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    @dataclasses.dataclass
+    class Section(APOLossSettings):  # verl's PolicyLossConfig brings loss_mode
+        loss_mode: str = "objective"
+
+    s = Section(objective="verl_losses:listwise", objective_kwargs={"temperature": 0.5})
+    assert s.group_algorithm("objective") is get_algorithm("verl_losses:listwise")
+    assert s.group_algorithm("adpo").name == "adpo"
+    with pytest.raises(ValueError, match=r"^policy_loss\.algorithm 'verl_losses:listwise' does not accept .*'temp'"):
+        Section(objective="verl_losses:listwise", objective_kwargs={"temp": 0.5})
+    with pytest.raises(ValueError, match=r"^policy_loss\.loss_mode=objective needs policy_loss\.objective"):
+        Section()
+    with pytest.raises(ValueError, match=r"^policy_loss\.objective is read with loss_mode=objective"):
+        Section(loss_mode="apo", objective="verl_losses:listwise")

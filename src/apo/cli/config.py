@@ -4,13 +4,11 @@ A config file is a flat YAML mapping whose keys are fields of :class:`RunConfig`
 ``GRPOConfig`` / ``TrainingArguments`` field, plus the run settings below (model, task, reward, evaluation). Resolution
 order: dataclass defaults < the YAML file (or the embedded default, ``apo/configs/default.yaml``, when no file is
 given) < ``key=value`` overrides on the command line (values parsed as YAML: ``alpha=0.5``, ``bf16=true``).
-Unknown keys, values of the wrong type and values out of their range (:data:`RANGES`) are errors that name the key,
+Unknown keys, values of the wrong type and values out of their range (:func:`ranges`) are errors that name the key,
 the value and what is allowed, raised when the config is resolved, before any model or data is loaded.
 
-YAML is read with :class:`YamlLoader`, the YAML 1.2 core schema, in config files and in ``key=value`` overrides
-alike: values are taken as written. YAML 1.1 (PyYAML's ``SafeLoader``) would read ``1e-5`` as a string (its float
-rule needs a dot), ``010`` as 8 (octal), ``1:30`` as 90 (base 60), ``off``/``no`` as ``False``; here they are the
-float ``1e-05``, the int 10, and the strings ``'1:30'``, ``'off'``, ``'no'``.
+YAML is read with :class:`apo.cli.yaml12.YamlLoader`, the YAML 1.2 core schema, in config files and in ``key=value``
+overrides alike: values are taken as written (``1e-5`` a float, ``010`` the int 10, ``no`` a string).
 """
 
 from __future__ import annotations
@@ -22,11 +20,14 @@ import math
 import re
 import types
 import typing
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from apo.algorithms import REGISTRY, in_range, is_import_path
+from apo.cli import yaml12
+from apo.cli.yaml12 import YamlDumper, YamlError, YamlLoader, yaml_dump  # noqa: F401 - the CLI's YAML, from one place
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -36,306 +37,42 @@ class ConfigError(ValueError):
     """A configuration mistake; the message names the key to change."""
 
 
-class YamlLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` with the YAML 1.2 core schema's implicit types in place of YAML 1.1's: a plain scalar is
-    ``null`` (``null``, ``Null``, ``NULL``, ``~``, empty), a boolean (``true``/``false`` in three casings only), an int
-    (``[-+]?[0-9]+`` in base 10, ``0o17``, ``0x1F``), a float (``1e-5``, ``.5``, ``-1.5E3``, ``.inf``, ``.nan``) or
-    a string; ``_`` may separate digits (``1_000``), as in YAML 1.1. So ``010`` is 10 (not octal 8), ``1:30`` and
-    ``2024-01-01`` are strings (not 90 and a date), and ``no``, ``off``, ``y`` are strings (not booleans)."""
-
-
-_CORE_SCHEMA = (  # (tag, regex, first characters), in the order they are tried: an int before a float
-    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
-    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
-    ("int", r"^(?:[-+]?[0-9][0-9_]*|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
-    (
-        "float",
-        r"^(?:[-+]?(?:\.[0-9][0-9_]*|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?"
-        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
-        list("-+0123456789."),
-    ),
-)
-# Keep SafeLoader's resolvers that are not scalar types (the merge key `<<`, ...); replace the YAML 1.1 types.
-YamlLoader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag.rsplit(":", 1)[1] not in ("bool", "null", "int", "float", "timestamp")]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for _tag, _rx, _first in _CORE_SCHEMA:
-    YamlLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_rx), _first)
-
-
-def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
-    """A YAML 1.2 core int: base 10 (a leading zero is not octal), ``0o`` octal, ``0x`` hexadecimal."""
-    text = loader.construct_scalar(node).replace("_", "")
-    if text.startswith(("0o", "0x")):
-        return int(text[2:], 8 if text[1] == "o" else 16)
-    return int(text, 10)
-
-
-YamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-
-
-class YamlDumper(yaml.SafeDumper):
-    """``yaml.SafeDumper`` that quotes every string which YAML 1.1 *or* the 1.2 core schema would read as another
-    type (``'no'``, ``'1e-5'``, ``'0o17'``), so what it writes reads back the same with :class:`YamlLoader` and with
-    a YAML 1.1 reader."""
-
-
-YamlDumper.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()}
-for _tag, _rx, _first in _CORE_SCHEMA:
-    YamlDumper.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_rx), _first)
-
-
-def yaml_dump(data: Any) -> str:
-    """``data`` as block YAML, keys sorted, with :class:`YamlDumper` (reads back the same with :func:`yaml_load`)."""
-    return yaml.dump(data, Dumper=YamlDumper, sort_keys=True, allow_unicode=True)
-
-
 def yaml_load(text: str, source: str):
-    """``text`` parsed with :class:`YamlLoader`; a syntax error is a one-line :class:`ConfigError` naming ``source``,
-    the line and the column (1-based)."""
+    """``text`` parsed as YAML 1.2 (:func:`apo.cli.yaml12.yaml_load`); a syntax error is a one-line
+    :class:`ConfigError` naming ``source``, the line and the column (1-based)."""
     try:
-        return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise ConfigError(f"{source}{where}: malformed YAML: {what}") from None
+        return yaml12.yaml_load(text, source)
+    except YamlError as e:
+        raise ConfigError(str(e)) from None
 
-
-def _run_fields():
-    """The run settings, as ``(name, type, field)`` for ``dataclasses.make_dataclass``."""
-
-    def f(default, help_: str):
-        if isinstance(default, (dict, list)):
-            return field(default_factory=lambda: type(default)(default), metadata={"help": help_})
-        return field(default=default, metadata={"help": help_})
-
-    return [
-        (
-            "model",
-            str,
-            f("tiny-arith", "Policy to train: tiny-arith | tiny-arith-wrong | smollm2 | a local folder | a hub id."),
-        ),
-        (
-            "task",
-            str,
-            f("arith", "Prompts: arith[:ops] | reasoning-gym:<generator> | a MATH-style file/folder | hub id."),
-        ),
-        ("task_options", dict, f({}, "Keyword options of the task (arith: digits; reasoning-gym: generator config).")),
-        ("math_level", str | None, f(None, "MATH filter, e.g. 'Level 3' (MATH-style data only).")),
-        (
-            "reward",
-            str | None,
-            f(None, "Reward: arithmetic | math | reasoning-gym | 'module:function'; None: the task's."),
-        ),
-        (
-            "answer_format",
-            typing.Literal["boxed", "final", "auto"] | None,
-            f(None, "Answer extraction of math/reasoning-gym rewards: boxed | final | auto; None: the reward's."),
-        ),
-        (
-            "partial_credit",
-            float,
-            f(0.0, "arithmetic reward: most credit for a wrong answer, times its share of digits right; 0: binary."),
-        ),
-        (
-            "reward_timeout",
-            float | None,
-            f(10.0, "Seconds a reward may take per call, one batch (None: no limit); over it, the batch scores 0."),
-        ),
-        (
-            "eval_task",
-            str | None,
-            f(None, "Evaluation data, used whole (a file/folder/hub id or a task); None: the held-out part of task."),
-        ),
-        ("eval_task_options", dict, f({}, "Keyword options of eval_task (like task_options).")),
-        ("train_size", int | None, f(None, "Training prompts (None: the task's default).")),
-        ("eval_size", int, f(200, "Held-out prompts for `apo eval` and the before/after evaluation.")),
-        ("eval_samples", int, f(4, "Completions sampled per held-out prompt in evaluation.")),
-        (
-            "pass_at_k",
-            list[int],
-            f([], "k of the pass@k reported in evaluation, each <= eval_samples; []: every k in 1..eval_samples."),
-        ),
-        ("eval_seed", int, f(1234, "Seed of the evaluation draw and sampling (the same before and after training).")),
-        ("eval_batch_size", int, f(64, "Prompts per generation batch in evaluation.")),
-        ("eval_before_after", bool, f(True, "Evaluate the policy before and after training and record both.")),
-        ("cache_dir", str, f("~/.cache/apo", "Where prepared models (tiny-arith, converted SmolLM2) are cached.")),
-        ("torch_threads", int | None, f(None, "torch.set_num_threads (None: torch's, all cores; 1: shared machine).")),
-        (
-            "truncated_completions",
-            str,
-            f(
-                "zero",
-                "Reward of a completion cut at max_completion_length without EOS: 'zero' (the CLI's default, so "
-                "that algorithms are compared on finished answers) or 'grade' (APOConfig's and TRL's default).",
-            ),
-        ),
-        (
-            "master_weights",
-            bool,
-            f(
-                True,
-                "With bf16/fp16: fp32 weights and optimizer states, low-precision autocast compute (TRL's default); "
-                "false: low-precision weights trained by torch-optimi's Kahan-summed AdamW (docs/numerics.md).",
-            ),
-        ),
-    ] + _lora_fields()
-
-
-def _lora_fields():
-    """The LoRA block (TRL ``ModelConfig``'s keys, see :mod:`apo.cli.lora`)."""
-    from apo.cli.lora import config_fields
-
-    return config_fields()
-
-
-_RUN_FIELD_NAMES = tuple(name for name, _, _ in _run_fields())
-_RUN_DEFAULTS = tuple((name, f.default) for name, _, f in _run_fields() if f.default is not dataclasses.MISSING)
 
 # --- Ranges ------------------------------------------------------------------------------------------------------
-# Every numeric field of RunConfig has a line here (key -> allowed range) or in UNCONSTRAINED (with the reason);
-# tests/test_reliability.py fails for a numeric field in neither. Range syntax: ">= 1", "> 0", "[0, 1]", "(0, 1]",
-# "[0, 1)", and alternatives joined by " | " ("-1 | >= 1": the single value -1, or >= 1). None passes wherever the
-# field's type allows it (it means "unset"); a value of the wrong type is caught before (by the type check).
-SEED_RANGE = "[0, 4294967295]"  # numpy's seed range, which transformers' set_seed uses
-RANGES: dict[str, str] = {
-    # training loop (transformers TrainingArguments)
-    "learning_rate": ">= 0",
-    "num_train_epochs": "> 0",
-    "max_steps": "-1 | >= 1",  # -1: train num_train_epochs epochs (transformers' meaning); 0 would train one step
-    "per_device_train_batch_size": ">= 1",
-    "per_device_eval_batch_size": ">= 1",
-    "gradient_accumulation_steps": ">= 1",
-    "eval_accumulation_steps": ">= 1",
-    "warmup_steps": ">= 0",  # below 1: a fraction of the total steps (transformers)
-    "weight_decay": ">= 0",
-    "adam_beta1": "[0, 1)",
-    "adam_beta2": "[0, 1)",
-    "adam_epsilon": ">= 0",
-    "max_grad_norm": ">= 0",  # 0: no clipping
-    "label_smoothing_factor": "[0, 1]",
-    "neftune_noise_alpha": ">= 0",
-    "torch_empty_cache_steps": ">= 1",
-    "logging_steps": "> 0",  # below 1: a fraction of the total steps (transformers)
-    "save_steps": "> 0",
-    "eval_steps": "> 0",
-    "eval_delay": ">= 0",
-    "save_total_limit": ">= 0",  # 0 or None: keep every checkpoint
-    "seed": SEED_RANGE,
-    "data_seed": SEED_RANGE,
-    "dataloader_num_workers": ">= 0",
-    "dataloader_prefetch_factor": ">= 1",
-    "ddp_bucket_cap_mb": ">= 1",
-    "ddp_timeout": ">= 1",
-    "local_rank": ">= -1",
-    "router_aux_loss_coef": ">= 0",
-    # generation and loss (TRL GRPOConfig)
-    "num_generations": ">= 2",
-    "num_generations_eval": ">= 1",
-    "max_completion_length": ">= 1",
-    "pad_to_multiple_of": ">= 1",
-    "generation_batch_size": ">= 1",
-    "steps_per_generation": ">= 1",
-    "temperature": "> 0",
-    "top_p": "(0, 1]",
-    "top_k": ">= 0",  # 0: no top-k filtering
-    "min_p": "[0, 1]",
-    "repetition_penalty": "> 0",
-    "beta": ">= 0",
-    "num_iterations": ">= 1",
-    "updates_per_rollout": ">= 1",
-    "epsilon": ">= 0",
-    "epsilon_high": ">= 0",
-    "delta": "> 0",
-    "sapo_temperature_neg": "> 0",
-    "sapo_temperature_pos": "> 0",
-    "vespo_k_pos": "> 0",
-    "vespo_lambda_pos": "> 0",
-    "vespo_k_neg": "> 0",
-    "vespo_lambda_neg": "> 0",
-    "ref_model_mixup_alpha": "[0, 1]",
-    "ref_model_sync_steps": ">= 1",
-    "top_entropy_quantile": "[0, 1]",
-    "entropy_coef": ">= 0",
-    "entropy_coef_min": ">= 0",
-    "entropy_coef_max": ">= 0",
-    "entropy_coef_delta": ">= 0",
-    "entropy_target": ">= 0",
-    "max_tool_calling_iterations": ">= 0",
-    "off_policy_mask_threshold": ">= 0",
-    "num_completions_to_print": ">= 0",
-    "vllm_server_port": "[1, 65535]",
-    "vllm_group_port": "[1, 65535]",
-    "vllm_server_timeout": "> 0",
-    "vllm_gpu_memory_utilization": "(0, 1]",
-    "vllm_max_model_length": ">= 1",
-    "vllm_tensor_parallel_size": ">= 1",
-    "vllm_importance_sampling_clip_min": ">= 0",
-    "vllm_importance_sampling_clip_max": "> 0",
-    "vllm_importance_sampling_cap": "> 0",
-    # APO (APOConfig)
-    "alpha": "[0, 1]",
-    "alpha_min": "[0, 1]",
-    "alpha_max": "[0, 1]",
-    "tau_anchor": "> 0",
-    "beta_reward": "> 0",
-    "reward_eps": "> 0",
-    "alpha_ema": "(0, 1]",
-    "baseline_ema": "(0, 1]",
-    "reward_scale": "> 0",
-    "ess_target": "(0, 1]",
-    "weight_clip_min": "[0, 1]",
-    "weight_clip_max": ">= 1",
-    # run settings
-    "reward_timeout": "> 0",  # None: no time limit
-    "partial_credit": "[0, 1]",  # a wrong answer must score below a right one (1.0)
-    "train_size": ">= 1",  # None: the task's default
-    "eval_size": ">= 1",  # eval_before_after=false turns the evaluation off
-    "eval_samples": ">= 1",
-    "eval_seed": SEED_RANGE,
-    "eval_batch_size": ">= 1",
-    "torch_threads": ">= 1",
-    # LoRA (TRL ModelConfig)
-    "lora_r": ">= 1",
-    "lora_alpha": "> 0",
-    "lora_dropout": "[0, 1)",
-}
-"""Allowed range of every numeric config key (see the syntax above); checked by :func:`check_ranges`."""
+# Every numeric field of RunConfig has its range in its field's metadata (the run's keys, the algorithms' settings),
+# a line in apo.cli.run_config.INHERITED_RANGES (the keys inherited from TRL and transformers, whose fields carry
+# none) or a line in UNCONSTRAINED (with the reason); tests/test_reliability.py fails for a numeric field in none.
+
+
+def ranges() -> dict[str, str]:
+    """The allowed range of every numeric config key: ``apo.cli.run_config.INHERITED_RANGES`` and the ``range`` in
+    the metadata of every other field of ``RunConfig`` (``apo config --all`` prints them; :func:`check_ranges` checks
+    them)."""
+    global _RANGES
+    if _RANGES is None:
+        from apo.cli.run_config import INHERITED_RANGES
+
+        own = {f.name: f.metadata["range"] for f in dataclasses.fields(run_config_class()) if "range" in f.metadata}
+        _RANGES = {**INHERITED_RANGES, **own}
+    return _RANGES
+
+
+_RANGES: dict[str, str] | None = None
+
 
 UNCONSTRAINED: dict[str, str] = {
     "reward_weights": "a list of real weights, one per reward function; TRL checks its length",
     "pass_at_k": "a list of k, each checked against eval_samples by check_pass_at_k",
 }
 """Numeric keys deliberately without a range, with the reason."""
-
-_BOUND = re.compile(r"^(>=|>|<=|<)\s*(\S+)$")
-_INTERVAL = re.compile(r"^([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])$")
-
-
-def _range_test(spec: str):
-    """A predicate ``float -> bool`` for one range spec (see :data:`RANGES`)."""
-    tests = []
-    for part in spec.split("|"):
-        part = part.strip()
-        if m := _BOUND.match(part):
-            op, b = m.group(1), float(m.group(2))
-            tests.append({">=": b.__le__, ">": b.__lt__, "<=": b.__ge__, "<": b.__gt__}[op])
-        elif m := _INTERVAL.match(part):
-            lo_c, lo, hi, hi_c = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
-            tests.append(
-                lambda v, lo=lo, hi=hi, lo_c=lo_c, hi_c=hi_c: (
-                    (v >= lo if lo_c == "[" else v > lo) and (v <= hi if hi_c == "]" else v < hi)
-                )
-            )
-        else:
-            value = float(part)
-            tests.append(value.__eq__)
-    return lambda v: not math.isnan(v) and any(t(v) for t in tests)
-
-
-_RANGE_TESTS: dict[str, Any] = {}
 
 
 def check_ranges(values: dict[str, Any]) -> None:
@@ -346,13 +83,12 @@ def check_ranges(values: dict[str, Any]) -> None:
         ConfigError: ``config key 'temperature': 0.0 is out of range (allowed: > 0)``.
     """
     for key, value in values.items():
-        spec = RANGES.get(key)
+        spec = ranges().get(key)
         if spec is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
             raise ConfigError(f"config key {key!r}: {value!r} is not a finite number (allowed: {spec})")
-        test = _RANGE_TESTS.get(spec) or _RANGE_TESTS.setdefault(spec, _range_test(spec))
-        if not test(float(value)):
+        if not in_range(value, spec):
             raise ConfigError(f"config key {key!r}: {value!r} is out of range (allowed: {spec})")
 
 
@@ -520,20 +256,12 @@ def cpu_fallback(values: dict[str, Any]) -> bool:
     return True
 
 
-_RUN_CONFIG_CLASS = None
-
-
 def run_config_class():
-    """``RunConfig``: ``APOConfig`` extended with the run settings (built on first use, so importing this module does
-    not import TRL)."""
-    global _RUN_CONFIG_CLASS
-    if _RUN_CONFIG_CLASS is None:
-        from apo.integrations.trl.config import APOConfig
+    """``RunConfig`` (:mod:`apo.cli.run_config`), imported on first use, so that importing this module does not
+    import TRL."""
+    from apo.cli.run_config import RunConfig
 
-        _RUN_CONFIG_CLASS = dataclasses.make_dataclass(
-            "RunConfig", _run_fields(), bases=(APOConfig,), namespace={"__doc__": __doc__, "__module__": __name__}
-        )
-    return _RUN_CONFIG_CLASS
+    return RunConfig
 
 
 def _type_ok(value: Any, tp: Any) -> bool:
@@ -603,7 +331,7 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
 
     Raises:
         ConfigError: an unknown key (with the closest valid name), a value of the wrong type, or one out of its
-            range (:data:`RANGES`), an ``output_dir`` that is a file, or a setting :func:`check_settings` refuses.
+            range (:func:`ranges`), an ``output_dir`` that is a file, or a setting :func:`check_settings` refuses.
     """
     cls = run_config_class()
     values = read_yaml(DEFAULT_CONFIG if path is None else path)
@@ -639,7 +367,7 @@ def check_pass_at_k(values: dict[str, Any]) -> None:
     """
     from apo.tasks.evaluation import eval_pass_ks
 
-    samples = values.get("eval_samples", dict(_RUN_DEFAULTS)["eval_samples"])
+    samples = values.get("eval_samples", run_config_class().__dataclass_fields__["eval_samples"].default)
     try:
         eval_pass_ks(samples, values.get("pass_at_k"))
     except ValueError as e:
@@ -671,7 +399,10 @@ def resolve(path: str | Path | None, overrides: dict[str, Any] | None = None):
 def default_output_dir(values: dict[str, Any], config_name: str | None = None) -> str:
     """``runs/[<config>-]<algorithm>[-<schedule>]-seed<seed>`` (the config's name keeps bundled configs apart)."""
     alg = values.get("algorithm", "apo")
-    sched = f"-{values.get('alpha_schedule', 'fixed')}" if alg == "apo" else ""
+    if is_import_path(alg):  # a group objective by import path: named by its function
+        alg = alg.rpartition(":")[2]
+    scheduled = alg in REGISTRY and REGISTRY[alg].has_alpha_schedule
+    sched = f"-{values.get('alpha_schedule', 'fixed')}" if scheduled else ""
     prefix = f"{config_name}-" if config_name else ""
     return f"runs/{prefix}{alg}{sched}-seed{values.get('seed', 42)}"
 
@@ -681,7 +412,9 @@ def _own_keys() -> set[str]:
     from apo.integrations.trl.config import APOConfig
 
     added = {f.name for f in dataclasses.fields(APOConfig) if f.name in APOConfig.__annotations__}
-    return set(_RUN_FIELD_NAMES) | added
+    from apo.cli.run_config import RUN_KEYS
+
+    return set(RUN_KEYS) | added
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -750,7 +483,7 @@ def describe(cfg, values: dict[str, Any] | None = None) -> str:
         default = _field_default(f)
         value = yaml.dump({f.name: shown[f.name]}, Dumper=YamlDumper, default_flow_style=True, width=10**6)
         help_ = strip_markup(str(f.metadata.get("help", "")))
-        rng = f", range {RANGES[f.name]}" if f.name in RANGES else ""
+        rng = f", range {ranges()[f.name]}" if f.name in ranges() else ""
         line = f"{value.strip()[1:-1]}  # {_type_name(hints.get(f.name, f.type))}, default {default!r}{rng}. {help_}"
         lines.append(line.rstrip())
     return "\n".join(lines) + "\n"
@@ -765,7 +498,9 @@ def dump(cfg, values: dict[str, Any], path: Path | None = None) -> str:
 
 
 def __getattr__(name: str):
-    # ``RunConfig`` is built lazily (it subclasses a TRL class); resolving it here lets pickle find it by name.
+    # ``RunConfig`` and the ranges load TRL, so they come on first use; pickles of runs name apo.cli.config.RunConfig.
     if name == "RunConfig":
         return run_config_class()
+    if name == "RANGES":
+        return ranges()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

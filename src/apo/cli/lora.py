@@ -35,7 +35,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -57,37 +56,6 @@ module docstring)."""
 
 class LoraError(ValueError):
     """A LoRA setting that cannot work; the message names the key."""
-
-
-def config_fields() -> list[tuple[str, Any, Any]]:
-    """The LoRA keys as ``(name, type, field)`` for the run config dataclass (TRL ``ModelConfig``'s names and
-    defaults)."""
-
-    def f(default, help_: str):
-        return field(default=default, metadata={"help": help_})
-
-    return [
-        ("use_peft", bool, f(False, "Train a LoRA adapter (PEFT) instead of every weight; needs `pip install peft`.")),
-        ("lora_r", int, f(DEFAULTS["lora_r"], "LoRA rank r (needs use_peft).")),
-        ("lora_alpha", int, f(DEFAULTS["lora_alpha"], "LoRA scale numerator: updates scaled by lora_alpha / r.")),
-        (
-            "lora_dropout",
-            float,
-            f(DEFAULTS["lora_dropout"], "Dropout on the LoRA branch's input (TRL: 0.05; > 0 makes pi_old noisy)."),
-        ),
-        (
-            "lora_target_modules",
-            list[str] | str | None,
-            f(None, "Module names (or a regex) that get adapters; None: all-linear (attention and MLP projections)."),
-        ),
-        (
-            "lora_modules_to_save",
-            list[str] | None,
-            f(None, "Modules trained in full and saved with the adapter, e.g. [lm_head] (needs use_peft)."),
-        ),
-        ("use_rslora", bool, f(False, "Rank-stabilised LoRA: scale lora_alpha / sqrt(r) (needs use_peft).")),
-        ("use_dora", bool, f(False, "DoRA: weight-decomposed LoRA (needs use_peft).")),
-    ]
 
 
 def check_values(values: dict[str, Any]) -> None:

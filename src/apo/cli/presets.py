@@ -30,64 +30,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from apo.algorithms import REGISTRY, get_algorithm, is_import_path, readers
 from apo.cli.config import ConfigError, parse_overrides
 
-_ANCHOR = {"tau_anchor": 0.8, "beta_reward": 1.0}
-
 PRESETS: dict[str, dict[str, Any]] = {
-    "apo-ess": {
-        "algorithm": "apo",
-        "alpha_schedule": "ess",
-        "alpha_min": 0.35,
-        "alpha_max": 0.9,
-        "ess_target": 0.5,
-        **_ANCHOR,
-    },
-    "apo-fixed": {"algorithm": "apo", "alpha_schedule": "fixed", "alpha": 0.6, **_ANCHOR},
-    "apo-guarded": {
-        "algorithm": "apo",
-        "alpha_schedule": "guarded",
-        "alpha_min": 0.35,
-        "alpha_max": 0.9,
-        "alpha_ema": 0.1,
-        "baseline_ema": 0.1,
-        "reward_scale": 0.5,
-        "confidence_source": "anchored",
-        **_ANCHOR,
-    },
-    "gspo": {
-        "algorithm": "gspo",
-        "alpha_schedule": "fixed",
-        "importance_sampling_level": "sequence",
-        "loss_type": "grpo",
-        "epsilon": 3e-4,
-        "epsilon_high": 4e-4,
-    },
-    "adpo": {"algorithm": "adpo", "alpha_schedule": "fixed", **_ANCHOR},
-    "grpo": {"algorithm": "grpo", "alpha_schedule": "fixed", "loss_type": "grpo", "epsilon": 0.2},
-    "dapo": {
-        "algorithm": "dapo",
-        "alpha_schedule": "fixed",
-        "loss_type": "dapo",
-        "epsilon": 0.2,
-        "epsilon_high": 0.28,
-        "mask_truncated_completions": True,
-    },
-    "dr_grpo": {
-        "algorithm": "dr_grpo",
-        "alpha_schedule": "fixed",
-        "loss_type": "dr_grpo",
-        "epsilon": 0.2,
-        "scale_rewards": "none",
-    },
-    "cispo": {"algorithm": "cispo", "alpha_schedule": "fixed", "loss_type": "cispo", "epsilon_high": 5.0},
-    "sapo": {
-        "algorithm": "sapo",
-        "alpha_schedule": "fixed",
-        "loss_type": "sapo",
-        "sapo_temperature_pos": 1.0,
-        "sapo_temperature_neg": 1.05,
-    },
+    name: dict(overrides) for algorithm in REGISTRY.values() for name, overrides in algorithm.presets.items()
 }
 """Preset name -> config overrides."""
 
@@ -104,7 +51,7 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
             ``key=value``.
     """
     base, *pairs = name.split(VARIANT_SEP)
-    if base not in PRESETS:
+    if base not in PRESETS and not is_import_path(base):
         raise ConfigError(f"unknown algorithm preset {base!r}; valid: {', '.join(PRESETS)}")
     if any("=" not in pair or pair.startswith("=") for pair in pairs):
         raise ConfigError(
@@ -113,31 +60,8 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
     return base, parse_overrides(pairs)
 
 
-_APO_ONLY = (
-    "alpha_schedule",
-    "alpha",
-    "alpha_min",
-    "alpha_max",
-    "alpha_ema",
-    "baseline_ema",
-    "reward_scale",
-    "ess_target",
-    "weight_clip_min",
-    "weight_clip_max",
-    "confidence_source",
-)
-_GROUP_ONLY = ("tau_anchor", "beta_reward", "reward_eps", "sequence_score")
-_RATIO = ("loss_type", "importance_sampling_level", "epsilon", "epsilon_high", "delta", "scale_rewards")
-_SAPO = ("sapo_temperature_pos", "sapo_temperature_neg")
 KEYS_READ_ONLY_BY: dict[str, tuple[str, ...]] = {
-    **{key: ("apo",) for key in _APO_ONLY},
-    **{key: ("apo", "adpo") for key in _GROUP_ONLY},
-    **{key: ("grpo", "gspo", "dapo", "dr_grpo", "cispo", "sapo") for key in _RATIO},
-    **{key: ("sapo", "grpo") for key in _SAPO},  # grpo takes any TRL loss_type, sapo's included
-    # TRL's clipped losses read both clip bounds and delta (INTELLECT-2's upper bound on the ratio); CISPO reads only
-    # epsilon_high (its truncation of the ratio, always set: 5.0 unless given); SAPO's soft gate reads none of them.
-    **{key: ("grpo", "gspo", "dapo", "dr_grpo") for key in ("epsilon", "delta")},
-    "epsilon_high": ("grpo", "gspo", "dapo", "dr_grpo", "cispo"),
+    key: readers(key) for algorithm in REGISTRY.values() for key in algorithm.keys
 }
 """Keys that only some algorithms read -> those algorithms (every other key is read by all)."""
 
@@ -150,10 +74,11 @@ def check_keys_read(algorithm: str, keys: Any, where: str) -> None:
         ConfigError: ``alpha_schedule``/``alpha``/... on an algorithm other than ``apo``, ``tau_anchor`` on a
             TRL-run algorithm, ``epsilon`` on ``apo``, ...
     """
-    ignored = sorted(k for k in keys if k in KEYS_READ_ONLY_BY and algorithm not in KEYS_READ_ONLY_BY[k])
+    reads = get_algorithm(algorithm).keys
+    ignored = sorted(k for k in keys if k in KEYS_READ_ONLY_BY and k not in reads)
     if ignored:
-        readers = "; ".join(f"{k} is read by {'/'.join(KEYS_READ_ONLY_BY[k])}" for k in ignored)
-        raise ConfigError(f"{where}: algorithm {algorithm!r} ignores {', '.join(ignored)} ({readers}): drop it")
+        said = "; ".join(f"{k} is read by {'/'.join(KEYS_READ_ONLY_BY[k])}" for k in ignored)
+        raise ConfigError(f"{where}: algorithm {algorithm!r} ignores {', '.join(ignored)} ({said}): drop it")
 
 
 def expand_sweep(algorithms: list[str], sweep: list[str]) -> list[str]:
@@ -198,5 +123,10 @@ def preset(name: str) -> dict[str, Any]:
             does not read (:func:`check_keys_read`).
     """
     base, pairs = split_variant(name)
-    check_keys_read(PRESETS[base]["algorithm"], pairs, f"variant {name!r}")
-    return {**PRESETS[base], **pairs}
+    # a group objective by import path is its own preset: its settings are objective_kwargs
+    overrides = PRESETS[base] if base in PRESETS else {"algorithm": base, "alpha_schedule": "fixed"}
+    try:
+        check_keys_read(overrides["algorithm"], pairs, f"variant {name!r}")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {**overrides, **pairs}

@@ -16,8 +16,10 @@ accumulation is the caller's business.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -289,69 +291,69 @@ def on_policy_advantages(
 # Batch objectives: one signature, chosen by name.
 
 
-def _group_scores(logp_NT, old_logp_NT, mask_NT, rewards_N, group_ids_N, group_size, score, hint):
-    check_finite("rewards", rewards_N)
-    groups = make_groups(group_ids_N, group_size, hint=hint)
-    old = logp_NT.detach() if old_logp_NT is None else old_logp_NT
-    seq_N = sequence_logprob(logp_NT, mask_NT, score)
-    ref_N = sequence_logprob(old, mask_NT, score)
-    return groups.gather(seq_N), groups.gather(ref_N), groups.gather(rewards_N)
+def check_objective_kwargs(fn: Callable, kwargs: Mapping[str, Any], name: str = "") -> None:
+    """Raise a one-line ``ValueError`` when ``fn`` does not accept the keyword settings ``kwargs`` (a misspelt one,
+    with the accepted ones listed) or lacks a required one."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        accepted = None
+    else:
+        accepted = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)][3:]
+        accepted += [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in accepted]
+    label = name or getattr(fn, "__name__", repr(fn))
+    if accepted is not None:
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            raise ValueError(
+                f"algorithm {label!r} does not accept the setting {unknown[0]!r} (objective_kwargs); "
+                f"it accepts: {accepted or 'none'}"
+            )
+    missing = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in kwargs]
+    if missing:
+        raise ValueError(f"algorithm {label!r} needs the setting {missing[0]!r}: add it to objective_kwargs")
 
 
-def apo_objective(
-    logp_NT: Tensor,
-    old_logp_NT: Tensor | None,
-    mask_NT: Tensor,
-    rewards_N: Tensor,
-    group_ids_N: Tensor,
-    *,
-    alpha: float,
-    tau_anchor: float = 1.0,
-    beta_reward: float = 1.0,
-    eps: float = 1e-6,
-    weight_clip: tuple[float, float] | None = None,
-    sequence_score: str = "sum",
-    group_size: int | None = None,
-    group_hint: str = "",
-    **unused,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """APO on a flat batch: sequence scores, verified groups, then :func:`apo_loss` (anchor = ``old_logp_NT``, or
-    the detached current log-probs when ``None``, i.e. exactly on-policy)."""
-    seq, ref, rewards = _group_scores(
-        logp_NT, old_logp_NT, mask_NT, rewards_N, group_ids_N, group_size, sequence_score, group_hint
-    )
-    return apo_loss(
-        seq,
-        ref,
-        rewards,
-        alpha=alpha,
-        tau_anchor=tau_anchor,
-        beta_reward=beta_reward,
-        eps=eps,
-        weight_clip=weight_clip,
-    )
+def batch_objective(fn: Callable[..., tuple[Tensor, dict[str, Tensor]]], name: str = ""):
+    """``fn`` (a group objective) on a flat batch::
+
+        objective(logp_NT, old_logp_NT, mask_NT, rewards_N, group_ids_N, *, sequence_score="sum",
+                  group_size=None, group_hint="", **settings) -> (loss, metrics)
+
+    Verifies the grouping (:func:`apo.core.groups.make_groups`) before anything is reshaped, reduces token log-probs
+    to sequence scores and calls ``fn(logp_BG, old_logp_BG, rewards_BG, **settings)``; the anchor is
+    ``old_logp_NT``, or the detached current log-probs when ``None`` (exactly on-policy). A setting ``fn`` does not
+    accept raises ``ValueError`` naming it."""
+
+    def objective(
+        logp_NT: Tensor,
+        old_logp_NT: Tensor | None,
+        mask_NT: Tensor,
+        rewards_N: Tensor,
+        group_ids_N: Tensor,
+        *,
+        sequence_score: str = "sum",
+        group_size: int | None = None,
+        group_hint: str = "",
+        **settings: Any,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        check_objective_kwargs(fn, settings, name)
+        check_finite("rewards", rewards_N)
+        groups = make_groups(group_ids_N, group_size, hint=group_hint)
+        old = logp_NT.detach() if old_logp_NT is None else old_logp_NT
+        seq_N = sequence_logprob(logp_NT, mask_NT, sequence_score)
+        ref_N = sequence_logprob(old, mask_NT, sequence_score)
+        return fn(groups.gather(seq_N), groups.gather(ref_N), groups.gather(rewards_N), **settings)
+
+    objective.__name__ = f"{getattr(fn, '__name__', 'group')}_on_batch"
+    objective.__doc__ = f"{getattr(fn, '__name__', fn)} on a flat batch (see :func:`batch_objective`)."
+    return objective
 
 
-def adpo_objective(
-    logp_NT: Tensor,
-    old_logp_NT: Tensor | None,
-    mask_NT: Tensor,
-    rewards_N: Tensor,
-    group_ids_N: Tensor,
-    *,
-    tau_anchor: float = 1.0,
-    beta_reward: float = 1.0,
-    eps: float = 1e-6,
-    sequence_score: str = "sum",
-    group_size: int | None = None,
-    group_hint: str = "",
-    **unused,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """ADPO-Softmax on a flat batch (see :func:`adpo_loss`)."""
-    seq, ref, rewards = _group_scores(
-        logp_NT, old_logp_NT, mask_NT, rewards_N, group_ids_N, group_size, sequence_score, group_hint
-    )
-    return adpo_loss(seq, ref, rewards, tau_anchor=tau_anchor, beta_reward=beta_reward, eps=eps)
+apo_objective = batch_objective(apo_loss, "apo")
+adpo_objective = batch_objective(adpo_loss, "adpo")
 
 
 def _token_objective(loss_fn, default_eps):
@@ -406,7 +408,6 @@ OBJECTIVES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
     "grpo": grpo_objective,
     "gspo": gspo_objective,
 }
-GROUP_OBJECTIVES = ("apo", "adpo")
 
 
 def get_objective(name: str) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:

@@ -54,31 +54,29 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from apo.algorithms import (
+    GROUP,
+    REGISTRY,
+    TRL,
+    APOSettings,
+    config_field,
+    get_algorithm,
+    names,
+    objective_path,
+    readers,
+)
 from apo.core.schedules import schedule_params
 
 logger = logging.getLogger(__name__)
 
-GROUP_ALGORITHMS = ("apo", "adpo")
-TRL_ALGORITHMS: dict[str, dict] = {
-    "grpo": {"loss_type": "grpo", "importance_sampling_level": "token", "epsilon": 0.2},
-    "gspo": {"loss_type": "grpo", "importance_sampling_level": "sequence", "epsilon": 3e-4, "epsilon_high": 4e-4},
-    "dapo": {"loss_type": "dapo", "importance_sampling_level": "token", "epsilon": 0.2, "epsilon_high": 0.28},
-    "dr_grpo": {"loss_type": "dr_grpo", "importance_sampling_level": "token", "epsilon": 0.2},
-    "cispo": {"loss_type": "cispo", "importance_sampling_level": "token", "epsilon": 0.2, "epsilon_high": 5.0},
-    "sapo": {"loss_type": "sapo", "importance_sampling_level": "token", "epsilon": 0.2},
-}
+GROUP_ALGORITHMS = names(GROUP)
+TRL_ALGORITHMS: dict[str, dict] = {name: dict(REGISTRY[name].trl) for name in names(TRL)}
 """Algorithms that run TRL's own ``_compute_loss``: the ``loss_type``, ratio level and clip range each implies when
-left unset (``None``). Sources: GRPO (DeepSeekMath; ``loss_type="grpo"`` is its per-sequence mean), GSPO paper v2
-Sec. 5.1 (3e-4 / 4e-4, sequence-level ratio), DAPO paper (clip-higher 0.2 / 0.28, token-mean loss), Dr. GRPO paper
-(constant normaliser), CISPO: MiniMax-M1 paper, with TRL's documented ScaleRL value ``epsilon_high = 5.0`` (the
-only clip CISPO reads), SAPO paper (its temperatures are TRL's defaults, ``sapo_temperature_pos = 1.0``,
-``sapo_temperature_neg = 1.05``; no clip). Settings that are not ``None`` by default in TRL
-(``scale_rewards`` for Dr. GRPO, ``mask_truncated_completions`` for DAPO) are set by the ``apo compare`` presets
-(:mod:`apo.cli.presets`), not here."""
-ALGORITHMS = GROUP_ALGORITHMS + tuple(TRL_ALGORITHMS)
-ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
+left unset (``None``), read from :data:`apo.algorithms.REGISTRY` (with the sources). Settings that are not ``None``
+by default in TRL (``scale_rewards`` for Dr. GRPO, ``mask_truncated_completions`` for DAPO) are set by the
+``apo compare`` presets, not here."""
+ALGORITHMS = names()
 SEQUENCE_SCORES = ("sum", "mean")
-CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
 TRUNCATION_POLICIES = ("grade", "zero")
 TRL_LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 """``loss_type`` values of trl 1.16's ``GRPOTrainer``; every one runs at either ``importance_sampling_level``
@@ -107,47 +105,35 @@ class APOConfig(GRPOConfig):
     """
 
     algorithm: str = field(
-        default="apo", metadata={"help": f"Objective: one of {ALGORITHMS} (all but apo/adpo run TRL's own loss)."}
-    )
-    alpha_schedule: str = field(
-        default="fixed",
-        metadata={"help": f"APO alpha schedule: one of {ALPHA_SCHEDULES} (Sec. 5; only with algorithm='apo')."},
-    )
-    alpha: float = field(default=0.6, metadata={"help": "alpha of the 'fixed' schedule, in [0, 1]."})
-    alpha_min: float = field(default=0.35, metadata={"help": "Lower end of alpha for 'guarded' and 'ess' (Eq. 22)."})
-    alpha_max: float = field(
-        default=0.9, metadata={"help": "Upper end of alpha, and the starting alpha, for 'guarded' and 'ess'."}
-    )
-    tau_anchor: float = field(default=0.8, metadata={"help": "Anchor temperature tau_anc > 0 (Eq. 2)."})
-    beta_reward: float = field(default=1.0, metadata={"help": "Target temperature beta_r > 0 (Eq. 5)."})
-    reward_eps: float = field(default=1e-6, metadata={"help": "epsilon in the group z-score of rewards (Eq. 4)."})
-    alpha_ema: float = field(default=0.1, metadata={"help": "rho in (0, 1]: EMA rate of the guarded alpha (Eq. 23)."})
-    baseline_ema: float = field(
-        default=0.1, metadata={"help": "lambda in (0, 1]: EMA rate of the guarded reward baseline (Eq. 20)."}
-    )
-    reward_scale: float = field(
-        default=0.5, metadata={"help": "Initial s_R > 0 of the guarded schedule, then the pooled std of rewards."}
-    )
-    ess_target: float = field(
-        default=0.5, metadata={"help": "gamma in (0, 1]: the 'ess' schedule targets mean ESS = gamma * G (Eq. 21)."}
-    )
-    weight_clip_min: float | None = field(
-        default=None, metadata={"help": "w_min in [0, 1] of the APO weight clip (Eq. 24); None with max = off."}
-    )
-    weight_clip_max: float | None = field(
-        default=None, metadata={"help": "w_max >= 1 of the APO weight clip (Eq. 24); None with min = off."}
-    )
-    sequence_score: str = field(
-        default="sum",
-        metadata={"help": "Sequence score l_i: 'sum' of token log-probs (the paper) or length-normalised 'mean'."},
-    )
-    confidence_source: str = field(
-        default="anchored",
+        default="apo",
         metadata={
-            "help": "Confidence c_t of the guarded schedule: 'anchored' (Eq. 19, always 0 on-policy), 'sequence' "
-            "(entropy of softmax of per-token-mean log-probs over each group) or 'token' (next-token entropy)."
+            "help": f"Objective: one of {ALGORITHMS} (all but apo/adpo run TRL's own loss), or a group objective "
+            "'module:function' called fn(logp_BG, old_logp_BG, rewards_BG, **objective_kwargs) -> (loss, metrics)."
         },
     )
+    objective_kwargs: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword settings of a group objective given by import path ('module:function'); each must be "
+            "accepted by the function. Built-in algorithms take their settings as keys of their own."
+        },
+    )
+    # The group algorithms' settings: defined (default, help, range) in apo.algorithms.
+    alpha_schedule: str = config_field("alpha_schedule")
+    alpha: float = config_field("alpha")
+    alpha_min: float = config_field("alpha_min")
+    alpha_max: float = config_field("alpha_max")
+    tau_anchor: float = config_field("tau_anchor")
+    beta_reward: float = config_field("beta_reward")
+    reward_eps: float = config_field("reward_eps")
+    alpha_ema: float = config_field("alpha_ema")
+    baseline_ema: float = config_field("baseline_ema")
+    reward_scale: float = config_field("reward_scale")
+    ess_target: float = config_field("ess_target")
+    weight_clip_min: float | None = config_field("weight_clip_min")
+    weight_clip_max: float | None = config_field("weight_clip_max")
+    sequence_score: str = config_field("sequence_score")
+    confidence_source: str = config_field("confidence_source")
     updates_per_rollout: int | None = field(
         default=None,
         metadata={
@@ -196,10 +182,13 @@ class APOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if callable(self.algorithm):  # a group objective passed as a function: named by its import path
+            self.algorithm = objective_path(self.algorithm)
         self._check_apo_fields()
         self._apply_updates_per_rollout()
         algo = self.algorithm
-        if algo in TRL_ALGORITHMS:
+        kind = get_algorithm(algo).kind
+        if kind == TRL:
             implied = TRL_ALGORITHMS[algo]
             for key in ("loss_type", "importance_sampling_level") if algo != "grpo" else ():
                 if getattr(self, key) not in (None, implied[key]):
@@ -226,12 +215,12 @@ class APOConfig(GRPOConfig):
             self.loss_type = "grpo" if self.loss_type is None else self.loss_type
             self.importance_sampling_level = self.importance_sampling_level or "token"
             self.epsilon = 0.2 if self.epsilon is None else self.epsilon
-        if algo in GROUP_ALGORITHMS:
+        if kind == GROUP:
             self._check_group_objective_settings()
             self._check_whole_groups()
         super().__post_init__()
         if self.cast_lm_head_to_fp32 is None:  # after TRL resolved bf16's default
-            self.cast_lm_head_to_fp32 = algo in GROUP_ALGORITHMS and bool(self.bf16 or self.fp16)
+            self.cast_lm_head_to_fp32 = kind == GROUP and bool(self.bf16 or self.fp16)
         if self.use_transformers_continuous_batching and (self.bf16 or self.fp16):
             # TRL 1.16 casts the whole model to bf16/fp16 in place before continuous-batching generation and never
             # back: the fp32 master weights would be lost and most AdamW updates rounded away (docs/numerics.md).
@@ -336,46 +325,27 @@ class APOConfig(GRPOConfig):
             if getattr(self, name) not in valid:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; valid: {list(valid)}")
 
-        choice("algorithm", ALGORITHMS)
-        choice("alpha_schedule", ALPHA_SCHEDULES)
-        choice("sequence_score", SEQUENCE_SCORES)
-        choice("confidence_source", CONFIDENCE_SOURCES)
+        algorithm = get_algorithm(self.algorithm)  # an unknown name, or a path that does not import, raises
         choice("truncated_completions", TRUNCATION_POLICIES)
-        for name in ("alpha", "alpha_min", "alpha_max"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
-        if self.alpha_min > self.alpha_max:
-            raise ValueError(f"alpha_min ({self.alpha_min}) must be <= alpha_max ({self.alpha_max})")
-        for name in ("tau_anchor", "beta_reward", "reward_scale"):
-            if not float(getattr(self, name)) > 0.0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if not float(self.reward_eps) > 0.0:
+        APOSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(APOSettings)}).validate()
+        if self.weight_clip is not None and "weight_clip_min" not in algorithm.keys:
             raise ValueError(
-                f"reward_eps must be > 0 (Eq. 4's epsilon; 0 makes equal-reward groups NaN), got {self.reward_eps!r}"
+                f"weight_clip_min/weight_clip_max apply to algorithm={_either(readers('weight_clip_min'))} only, "
+                f"not {self.algorithm!r}: unset them"
             )
-        for name in ("alpha_ema", "baseline_ema", "ess_target"):
-            if not 0.0 < float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
-        clip = self.weight_clip
-        if clip is not None and not (0.0 <= clip[0] <= 1.0 <= clip[1]):
+        if self.alpha_schedule != "fixed" and not algorithm.has_alpha_schedule:
             raise ValueError(
-                f"weight clip needs 0 <= weight_clip_min <= 1 <= weight_clip_max, got "
-                f"weight_clip_min={self.weight_clip_min}, weight_clip_max={self.weight_clip_max}"
+                f"alpha_schedule={self.alpha_schedule!r} needs algorithm={_either(readers('alpha_schedule'))} "
+                f"(algorithm={self.algorithm!r} has no alpha); use alpha_schedule='fixed'"
             )
-        if clip is not None and self.algorithm != "apo":
+        if algorithm.settings is None:  # a group objective by import path: its settings are objective_kwargs
+            if self.objective_kwargs is not None and not isinstance(self.objective_kwargs, dict):
+                raise ValueError(f"objective_kwargs must be a mapping, got {self.objective_kwargs!r}")
+            algorithm.check_objective_kwargs(self.objective_kwargs or {})
+        elif self.objective_kwargs:
             raise ValueError(
-                f"weight_clip_min/weight_clip_max apply to algorithm='apo' only, not {self.algorithm!r}: unset them"
-            )
-        if self.alpha_schedule != "fixed" and self.algorithm != "apo":
-            raise ValueError(
-                f"alpha_schedule={self.alpha_schedule!r} needs algorithm='apo' (algorithm={self.algorithm!r} has no "
-                "alpha); use alpha_schedule='fixed'"
-            )
-        if self.confidence_source != "anchored" and self.alpha_schedule != "guarded":
-            raise ValueError(
-                f"confidence_source={self.confidence_source!r} is read by alpha_schedule='guarded' only "
-                f"(alpha_schedule={self.alpha_schedule!r}): use confidence_source='anchored' or "
-                "alpha_schedule='guarded'"
+                f"objective_kwargs is read for a group objective given by import path, not algorithm="
+                f"{self.algorithm!r}, whose settings are keys of their own ({', '.join(algorithm.keys)}): unset it"
             )
         if self.num_generations is None or self.num_generations < 2:
             raise ValueError(
@@ -457,6 +427,11 @@ class APOConfig(GRPOConfig):
                     f"({self.per_device_eval_batch_size}) must be a multiple of num_generations_eval ({G_eval}): "
                     f"use per_device_eval_batch_size={_next_multiple(self.per_device_eval_batch_size, G_eval)}"
                 )
+
+
+def _either(names: tuple[str, ...]) -> str:
+    """``'apo'``, or ``'apo' or 'adpo'``: the algorithms that read a setting, as a message names them."""
+    return " or ".join(repr(n) for n in names)
 
 
 def _next_multiple(n: int, k: int) -> int:

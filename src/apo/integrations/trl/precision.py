@@ -19,6 +19,8 @@ import logging
 import torch
 from torch import nn
 
+from apo.algorithms import GROUP, get_algorithm
+
 logger = logging.getLogger("apo")
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -213,7 +215,7 @@ def offpolicy_anchor_warning(algorithm: str, low_precision: bool, steps_per_roll
     the second step on, u = (l - l_old) / tau is a difference of two log-prob sums computed with the bf16-rounded
     weights of two policies, and that rounding is most of u (SmolLM2-135M, 256-token completions, one step at lr
     1.5e-5: error 74-80% of |u|, docs/numerics.md). ``None`` otherwise (on-policy, u = 0 exactly in any dtype)."""
-    if algorithm not in ("apo", "adpo") or not low_precision or steps_per_rollout <= 1:
+    if get_algorithm(algorithm).kind != GROUP or not low_precision or steps_per_rollout <= 1:
         return None
     return (
         f"algorithm={algorithm!r} with bf16/fp16 compute and {steps_per_rollout} optimizer steps per rollout: "

@@ -21,11 +21,12 @@ What it overrides, and why (everything else is TRL's):
   ``steps_per_generation > 1``, so that peers compared in one study see the same micro-batches; otherwise TRL's
   row-wise shuffle is kept (with ``steps_per_generation == 1`` the one micro-batch holds every group whole anyway,
   and a run is then step for step the one ``GRPOTrainer`` makes).
-- ``_compute_loss`` (``apo``/``adpo`` only; ``grpo``/``gspo`` run TRL's own ``_compute_loss`` untouched): per-token
+- ``_compute_loss`` (group objectives only: ``apo``, ``adpo`` or a user's ``module:function``; the TRL losses run
+  TRL's own ``_compute_loss`` untouched): per-token
   log-probs from TRL's ``_get_per_token_logps_and_entropies``, anchor = ``old_per_token_logps`` (or the detached
-  current log-probs where TRL, exactly, knows the policy has not moved), the library objective
-  (:func:`apo.get_objective`), divided by ``current_gradient_accumulation_steps`` as TRL's ``grpo`` loss is.
-  ``make_groups`` verifies the grouping at every call.
+  current log-probs where TRL, exactly, knows the policy has not moved), the algorithm's group objective with the
+  settings it accepts (:mod:`apo.algorithms`), divided by ``current_gradient_accumulation_steps`` as TRL's
+  ``grpo`` loss is. ``make_groups`` verifies the grouping at every call.
 - ``_get_per_token_logps_and_entropies``: on CPU, TRL's fused LM head scores only the completion positions (its
   compact branch, which it takes on Triton devices) instead of every position of prompt + completion
   (:mod:`.scoring`); same values, every algorithm, train and eval.
@@ -98,17 +99,17 @@ from trl.trainer.utils import (
     unsplit_pixel_values_by_grid,
 )
 
+from apo.algorithms import GROUP, get_algorithm
 from apo.core.diagnostics import NAN_WHEN_UNDEFINED, sequence_confidence, token_confidence
 from apo.core.divergence import anchored_log_policy
 from apo.core.groups import GroupIndex, make_groups
-from apo.core.objectives import get_objective
 from apo.core.schedules import make_alpha_schedule
 from apo.core.scores import sequence_logprob
 from apo.core.targets import boltzmann_log_target
 
 from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
 from .checkpoints import fsync_path, write_manifest
-from .config import GROUP_ALGORITHMS, APOConfig
+from .config import APOConfig
 from .generation import generate_single_turn
 from .precision import warn_if_updates_lost, warn_offpolicy_anchor
 from .scoring import score_completions_only
@@ -188,16 +189,19 @@ class APOTrainer(GRPOTrainer):
         warn_if_updates_lost(self.model, args.learning_rate, self.optimizer)  # bf16 weights without master copy
         warn_offpolicy_anchor(args.algorithm, bool(args.bf16 or args.fp16), args.optimizer_steps_per_rollout)
         self.algorithm = args.algorithm
-        self._objective = get_objective(args.algorithm) if args.algorithm in GROUP_ALGORITHMS else None
+        self._algorithm = get_algorithm(args.algorithm)  # the registry's entry, or a user's group objective
+        self._objective = self._algorithm.batch_objective() if self._algorithm.kind == GROUP else None
         self.alpha_schedule = (
-            make_alpha_schedule(args.alpha_schedule, **args.schedule_params()) if args.algorithm == "apo" else None
+            make_alpha_schedule(args.alpha_schedule, **args.schedule_params())
+            if self._algorithm.has_alpha_schedule
+            else None
         )
         self._whole_groups = {
             "train": args.per_device_train_batch_size % self.num_generations == 0,
             "eval": args.per_device_eval_batch_size % self.num_generations_eval == 0,
         }
-        if args.algorithm in GROUP_ALGORITHMS and not self._whole_groups["train"]:  # APOConfig already rejects this
-            raise ValueError("per_device_train_batch_size must be a multiple of num_generations for apo/adpo")
+        if self._objective is not None and not self._whole_groups["train"]:  # APOConfig already rejects this
+            raise ValueError("per_device_train_batch_size must be a multiple of num_generations for group objectives")
         self._alpha_step: int | None = None  # global_step at which alpha last advanced
         self._generated_at_step: int | None = None  # global_step of the rollout being trained on
         self._generation_count = 0
@@ -347,7 +351,7 @@ class APOTrainer(GRPOTrainer):
     # Loss.
 
     def _compute_loss(self, model, inputs):
-        if self.algorithm not in GROUP_ALGORITHMS:
+        if self._objective is None:
             return self._compute_trl_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         G = self.num_generations if mode == "train" else self.num_generations_eval
@@ -406,16 +410,16 @@ class APOTrainer(GRPOTrainer):
             mask_NT,
             rewards_N,
             group_ids_N,
-            alpha=alpha,
-            tau_anchor=args.tau_anchor,
-            beta_reward=args.beta_reward,
-            eps=args.reward_eps,
-            weight_clip=args.weight_clip,
             sequence_score=args.sequence_score,
             group_size=G,
             group_hint=GROUP_HINT,
+            **self._algorithm.objective_kwargs(args, alpha),
         )
-        metrics["apo/alpha"] = torch.tensor(alpha, dtype=torch.float64)  # exactly the alpha used, not a float32 copy
+        prefix = self._algorithm.metric_prefix
+        if prefix is not None:  # a user's objective: its metrics under its name
+            metrics = {f"{prefix}/{k}": torch.as_tensor(v) for k, v in metrics.items()}
+        if self._algorithm.logs_alpha:
+            metrics["apo/alpha"] = torch.tensor(alpha, dtype=torch.float64)  # the alpha used, not a float32 copy
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
         loss = loss / normalizer
         if self.aux_loss_enabled:

@@ -34,13 +34,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apo.core import boltzmann_log_target, get_objective, make_groups
+from apo.core import boltzmann_log_target, make_groups
 from apo.core.diagnostics import NAN_WHEN_UNDEFINED
 from apo.core.objectives import on_policy_advantages
 from apo.core.targets import check_finite
 
 from . import payload
 from .config import GROUP_LOSSES, APOPolicyLossConfig
+from .settings import SETTING_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -297,20 +298,17 @@ def _group_policy_loss(
             f" {GROUP_HINT}"
         )
     dtype = torch.promote_types(log_prob.dtype, torch.float32)
-    loss, metrics = get_objective(name)(
+    algorithm = settings.group_algorithm(name)
+    loss, metrics = algorithm.batch_objective()(
         log_prob,
         old_log_prob,
         response_mask,
         data.rewards_N.to(dtype),
         data.group_ids_N.to(log_prob.device),
-        alpha=data.alpha,
-        tau_anchor=settings.tau_anchor,
-        beta_reward=settings.beta_reward,
-        eps=settings.eps,
-        weight_clip=settings.weight_clip_tuple(),
         sequence_score=settings.sequence_score,
         group_size=G,
         group_hint=GROUP_HINT,
+        **algorithm.objective_kwargs(settings, data.alpha, aliases=SETTING_NAMES),
     )
     # verl backpropagates every micro-batch loss as is and averages gradients over data-parallel ranks; scale the
     # micro-batch mean so that the accumulated gradient is that of the mean over the global mini-batch's groups.
@@ -321,9 +319,10 @@ def _group_policy_loss(
         if int(global_rows) % G:
             raise ValueError(f"the global mini-batch of {global_rows} rows is not a multiple of G={G}. {GROUP_HINT}")
         loss = loss * (num_groups * dp_size / (int(global_rows) // G))
-    out = {k: float(v) for k, v in metrics.items()}
+    prefix = algorithm.metric_prefix  # a user's objective: its metrics under its name
+    out = {(k if prefix is None else f"{prefix}/{k}"): float(v) for k, v in metrics.items()}
     out = {k: v for k, v in out.items() if not (k in NAN_WHEN_UNDEFINED and math.isnan(v))}  # undefined: left out
-    if name == "apo":
+    if algorithm.has_alpha_schedule:
         out["apo/alpha"] = data.alpha  # the library reports it as a float32 tensor; this is the value used
     out["apo/groups"] = float(num_groups)
     return loss, out
@@ -366,11 +365,28 @@ def compute_policy_loss_adpo(
     return _group_policy_loss("adpo", old_log_prob, log_prob, advantages, response_mask, config, rollout_is_weights)
 
 
+def compute_policy_loss_objective(
+    old_log_prob: Tensor,
+    log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    loss_agg_mode: str = "token-mean",
+    config: Any = None,
+    rollout_is_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """``loss_mode=objective``: the group objective ``policy_loss.objective`` (``module:function``, called with
+    ``policy_loss.objective_kwargs``), same inputs, checks and scaling as :func:`compute_policy_loss_apo`."""
+    return _group_policy_loss(
+        "objective", old_log_prob, log_prob, advantages, response_mask, config, rollout_is_weights
+    )
+
+
 def register_all() -> None:
     """Register the losses and estimators in verl's registries (this process)."""
     from verl.trainer.ppo.core_algos import register_adv_est, register_policy_loss
 
     register_policy_loss("apo")(compute_policy_loss_apo)
     register_policy_loss("adpo")(compute_policy_loss_adpo)
+    register_policy_loss("objective")(compute_policy_loss_objective)
     register_adv_est("apo")(compute_apo_advantage)
     register_adv_est("apo_group")(compute_apo_group_payload)

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 
 from verl.workers.config import PolicyLossConfig
 
-from .settings import APOLossSettings
+from apo.algorithms import GROUP, names
 
-GROUP_LOSSES = ("apo", "adpo")
+from .settings import OBJECTIVE_LOSS, APOLossSettings
+
+GROUP_LOSSES = (*names(GROUP), OBJECTIVE_LOSS)
 
 
 @dataclass
@@ -34,7 +36,8 @@ class APOPolicyLossConfig(PolicyLossConfig, APOLossSettings):
     defaults, ``tau_anchor = 0.8`` included). Every APO key is validated on construction, i.e. when verl builds the
     actor config, with a one-line error naming ``policy_loss.<key>``; unknown keys are an error.
 
-    ``loss_mode`` (inherited): ``apo`` / ``adpo`` for the exact group losses (with ``adv_estimator=apo_group``), or
+    ``loss_mode`` (inherited): ``apo`` / ``adpo`` for the exact group losses (with ``adv_estimator=apo_group``),
+    ``objective`` for a group objective by import path (``objective``, ``objective_kwargs``), or
     a per-sample loss such as ``vanilla`` with ``adv_estimator=apo`` (on-policy APO weights as advantages).
     """
 
