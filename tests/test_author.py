@@ -128,3 +128,44 @@ def test_an_unknown_path_is_refused():
     logp, old, rewards = _inputs()
     with pytest.raises(ValueError, match="path='softmax'"):
         author_loss(logp, old, rewards, path="softmax")
+
+
+@pytest.mark.parametrize("path", ["alphapo", "precomputed-q"])
+def test_apo_author_trains_by_name_and_its_switch_fires_on_policy_only(make_trainer, path):
+    # two optimizer steps per rollout: the first of each rollout is on-policy (u = 0), the second is not
+    trainer = make_trainer(
+        algorithm="apo-author",
+        alpha_schedule="fixed",
+        sequence_score="mean",
+        objective_kwargs={"path": path},
+        max_steps=4,
+        updates_per_rollout=2,
+    )
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    rows = [row for row in trainer.state.log_history if "loss" in row]
+    switch = [row["apo_author/switch_frac"] for row in rows]
+    if path == "alphapo":
+        assert switch == [1.0, 0.0, 1.0, 0.0]
+    else:
+        assert switch == [0.0, 0.0, 0.0, 0.0]  # the cross-entropy branch has no switch
+    assert [row["apo_author/log_ratio_abs_mean"] == 0.0 for row in rows] == [True, False, True, False]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_apo_author_presets_are_the_author_s_settings():
+    from apo.cli.presets import preset
+
+    ran = preset("apo-author-ran")
+    assert ran["objective_kwargs"] == {"path": "precomputed-q"} and ran["sequence_score"] == "mean"
+    assert preset("apo-author")["objective_kwargs"] == {"path": "alphapo"}
+    with pytest.raises(ValueError, match="does not accept the setting 'pth'"):
+        import apo
+
+        apo.APOConfig(
+            output_dir="/tmp/apo-author",
+            use_cpu=True,
+            algorithm="apo-author",
+            alpha_schedule="fixed",
+            objective_kwargs={"pth": "alphapo"},
+        )

@@ -57,7 +57,7 @@ def config(**overrides):
 def test_built_in_group_objectives_are_the_contract_s_functions():
     # APO and ADPO are fn(logp_BG, old_logp_BG, rewards_BG, **settings) like a user's objective
     assert REGISTRY["apo"].objective is apo_loss and REGISTRY["adpo"].objective is adpo_loss
-    assert names("group") == ("apo", "adpo")
+    assert names("group") == ("apo", "adpo", "apo-author")
     assert readers("alpha") == ("apo",) and readers("tau_anchor") == ("apo", "adpo")
     g = torch.Generator().manual_seed(0)
     logp, old = -torch.rand(8, 5, generator=g), -torch.rand(8, 5, generator=g)

@@ -39,6 +39,7 @@ from typing import Any
 
 from torch import Tensor
 
+from apo.core.author import author_loss
 from apo.core.objectives import adpo_loss, apo_loss, batch_objective, check_objective_kwargs
 from apo.core.scores import SCORE_MODES
 
@@ -286,6 +287,7 @@ class Algorithm:
 
 
 _ANCHOR = {"tau_anchor": 0.8, "beta_reward": 1.0}
+_AUTHOR = {"algorithm": "apo-author", "alpha_schedule": "fixed", "sequence_score": "mean"}  # length-normalised
 _TRL_RATIO = ("loss_type", "importance_sampling_level", "scale_rewards")
 _CLIP = ("epsilon", "epsilon_high", "delta")
 _SAPO = ("sapo_temperature_pos", "sapo_temperature_neg")
@@ -346,6 +348,18 @@ REGISTRY: dict[str, Algorithm] = {
             settings=AnchoredSettings,
             logs_alpha=True,
             presets={"adpo": {"algorithm": "adpo", "alpha_schedule": "fixed", **_ANCHOR}},
+        ),
+        Algorithm(
+            "apo-author",
+            GROUP,
+            objective=author_loss,  # the paper's public code (apo.core.author); its settings are objective_kwargs
+            reads=("sequence_score", "objective_kwargs"),
+            presets={
+                # the alpha-divergence branch with its on-policy switch, at the settings the author's loss reads
+                "apo-author": {**_AUTHOR, "objective_kwargs": {"path": "alphapo"}},
+                # the branch the author's trainer reaches (a precomputed q): what Figure 1's runs trained
+                "apo-author-ran": {**_AUTHOR, "objective_kwargs": {"path": "precomputed-q"}},
+            },
         ),
         Algorithm(
             "grpo",
