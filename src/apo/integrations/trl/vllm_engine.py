@@ -176,7 +176,8 @@ def make_generation_class(base: type, dtype: str) -> type:
 
 def packed_kernels(model: torch.nn.Module) -> dict[str, int]:
     """``{module name: id of its CPU GEMM handler}`` for every layer of a vLLM CPU model that runs its matmul through
-    a handler built from a packed copy of its weight (``layer.cpu_linear``, set by ``dispatch_cpu_unquantized_gemm``)."""
+    a handler built from a packed copy of its weight (``layer.cpu_linear``, set by
+    ``dispatch_cpu_unquantized_gemm``)."""
     return {name: id(m.cpu_linear) for name, m in model.named_modules() if hasattr(m, "cpu_linear")}
 
 
