@@ -40,7 +40,6 @@ def child(vllm_dtype: str, bf16: bool, steps: int) -> dict:
             "learning_rate": 1e-3,
             "save_strategy": "no",
             "eval_before_after": False,
-            "vllm_gpu_memory_utilization": 0.3,
             "torch_threads": 2,
             "output_dir": f"/tmp/apo-vllm-mismatch-{os.getpid()}",
         },

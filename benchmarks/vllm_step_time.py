@@ -16,7 +16,7 @@ reported apart as well); peak memory is the process's maximum resident set (``ru
 KV cache together). Prints one JSON object per backend and the ratio vllm / generate of the median step.
 
     python benchmarks/vllm_step_time.py --shape default --steps 6
-    python benchmarks/vllm_step_time.py --shape smollm2-gsm --steps 3 --warmup 1
+    python benchmarks/vllm_step_time.py --shape smollm2-gsm --steps 3 --warmup 1 --batch 16
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SHAPES = {
 }
 
 
-def child(shape: str, backend: str, steps: int, tokens: int, threads: int) -> dict:
+def child(shape: str, backend: str, steps: int, tokens: int, threads: int, batch: int | None) -> dict:
     """Train ``steps`` steps of ``shape`` with ``backend`` and return per-step timings and the peak memory."""
     from transformers import TrainerCallback
 
@@ -57,8 +57,8 @@ def child(shape: str, backend: str, steps: int, tokens: int, threads: int) -> di
     }
     if shape != "default":
         overrides["max_completion_length"] = tokens
-    if backend == "vllm":
-        overrides["vllm_gpu_memory_utilization"] = 0.3
+    if batch is not None:
+        overrides["per_device_train_batch_size"] = batch
     cfg = cfglib.resolve(path, overrides)
     if shape != "default":  # every completion at full length, in each backend's own words
         cfg.generation_kwargs = {"min_tokens": tokens} if backend == "vllm" else {"min_new_tokens": tokens}
@@ -117,13 +117,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=128, help="completion length of the smollm2-gsm shape")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the engine's too)")
+    parser.add_argument("--batch", type=int, help="completions per step (a multiple of 8); default: the config's")
     parser.add_argument("--child", choices=["generate", "vllm"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.warmup >= args.steps:
         parser.error(f"--warmup ({args.warmup}) must be below --steps ({args.steps})")
     if args.child:
-        result = child(args.shape, args.child, args.steps, args.tokens, args.threads)
+        result = child(args.shape, args.child, args.steps, args.tokens, args.threads, args.batch)
         with open(args.out, "w") as f:
             json.dump(result, f)
         return
@@ -134,7 +135,7 @@ def main() -> None:
             out = f"/tmp/apo-vllm-bench-{os.getpid()}-{backend}.json"
             command = [sys.executable, __file__, "--child", backend, "--out", out]
             command += ["--shape", args.shape, "--steps", str(args.steps), "--tokens", str(args.tokens)]
-            command += ["--threads", str(args.threads)]
+            command += ["--threads", str(args.threads)] + (["--batch", str(args.batch)] if args.batch else [])
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             with open(out) as f:
                 results[backend].append(json.load(f))

@@ -131,7 +131,7 @@ def test_server_mode_without_a_server_fails_within_its_timeout(tmp_path):
 # The console script, to its exit.
 
 skip_without_script = pytest.mark.skipif(not APO.exists(), reason=f"no installed apo console script at {APO}")
-SHORT = ["use_vllm=true", "eval_before_after=false", "torch_threads=2", "vllm_gpu_memory_utilization=0.3"]
+SHORT = ["use_vllm=true", "eval_before_after=false", "torch_threads=2"]
 
 
 def _no_engine_left(j: Journey) -> None:

@@ -31,7 +31,6 @@ COMMON = {
     "learning_rate": 1e-3,  # large enough that one step moves the log-probs far beyond fp32 rounding
     "save_strategy": "no",
     "eval_before_after": False,
-    "vllm_gpu_memory_utilization": 0.3,  # on a CPU: the share of memory vLLM takes for its KV cache
     "torch_threads": 2,
 }
 SCENARIOS = {
