@@ -29,6 +29,11 @@ What it overrides, and why (everything else is TRL's):
 - ``_get_per_token_logps_and_entropies``: on CPU, TRL's fused LM head scores only the completion positions (its
   compact branch, which it takes on Triton devices) instead of every position of prompt + completion
   (:mod:`.scoring`); same values, every algorithm, train and eval.
+- ``__init__`` with ``use_vllm``: vLLM must be importable (one line naming the extra) and, in colocate mode, the
+  engine's context must hold ``max_completion_length``, both checked before TRL loads any weights; TRL's
+  ``VLLMGeneration`` is built as :mod:`.vllm_engine`'s subclass (the engine in the trainer's dtype, the weight sync
+  of CPU engines through vLLM's in-place reload). When TRL's vLLM correction is off (``apo``/``adpo``),
+  ``_generate_and_score_completions`` logs TRL's ``sampling/...`` mismatch metrics itself.
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: every checkpoint folder is written under
   ``.partial/``, completed by a manifest of its files' sizes and SHA-256 (``apo_manifest.json``, written last, see
   :mod:`.checkpoints`) and renamed into place (a kill leaves the previous one intact); the alpha schedule's state goes
