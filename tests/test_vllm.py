@@ -7,7 +7,9 @@ to its exit. What is checked:
 - apo, adpo, grpo and gspo train several steps through the engine and the weights move;
 - the engine samples from the trainer's weights at fp32 precision at every step: TRL's
   ``sampling/sampling_logp_difference/max`` (logged for every algorithm, :mod:`apo.integrations.trl.vllm_engine`)
-  stays <= 1e-4 after updates, with LoRA too; with the weight sync skipped it does not (negative control);
+  stays <= 1e-4 after updates, with LoRA too, and after ``--resume``; with the weight sync skipped it does not
+  (negative control);
+- ``apo train use_vllm=true`` runs to its exit, and stops on ``SIGTERM``, leaving no process behind;
 - off-policy (``updates_per_rollout=4``): u = 0 at a rollout's first step and != 0 at its later steps;
 - the bad inputs that need an engine: ``vllm_mode=server`` without a server, a completion longer than the engine's
   context.
@@ -151,10 +153,13 @@ def test_apo_train_with_vllm_runs_to_its_exit(tmp_path):
 
 
 @skip_without_script
-def test_sigterm_stops_a_vllm_run_and_leaves_no_process(tmp_path):
+def test_sigterm_then_resume_samples_from_the_checkpoints_weights(tmp_path):
+    """SIGTERM after the first step: the run stops with a checkpoint and leaves no process (the engine included);
+    `--resume` then starts a new engine from the checkpoint's weights and trains to the end, the gap at fp32
+    precision at every resumed step."""
     run = tmp_path / "run"
     j = run_apo(
-        ["train", "max_steps=200", *SHORT, f"output_dir={run}"],
+        ["train", "max_steps=30", *SHORT, f"output_dir={run}"],
         tmp_path,
         SCENARIO_TIMEOUT_S,
         signal_when=lambda: metric_lines(run) >= 1,
@@ -163,4 +168,12 @@ def test_sigterm_stops_a_vllm_run_and_leaves_no_process(tmp_path):
     assert j.code == 143, j.stderr[-3000:]
     _no_engine_left(j)
     assert "stopped by SIGTERM" in j.stderr
-    assert os.path.isdir(run / f"checkpoint-{metric_lines(run)}")
+    stopped_at = metric_lines(run)
+    assert os.path.isdir(run / f"checkpoint-{stopped_at}")
+    j = run_apo(["train", str(run / "config.yaml"), "--resume"], tmp_path, SCENARIO_TIMEOUT_S)
+    assert j.code == 0, j.stderr[-3000:]
+    _no_engine_left(j)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 31))
+    resumed = rows[stopped_at:]
+    assert all(row["sampling/sampling_logp_difference/max"] <= FP32_PRECISION for row in resumed)
