@@ -9,7 +9,8 @@ to its exit. What is checked:
   ``sampling/sampling_logp_difference/max`` (logged for every algorithm, :mod:`apo.integrations.trl.vllm_engine`)
   stays <= 1e-4 after updates, with LoRA too, and after ``--resume``; with the weight sync skipped it does not
   (negative control);
-- ``apo train use_vllm=true`` runs to its exit, and stops on ``SIGTERM``, leaving no process behind;
+- ``apo train use_vllm=true`` and ``apo compare ... use_vllm=true`` run to their exit, and a run stops on ``SIGTERM``
+  or dies on ``SIGKILL``, leaving no process behind;
 - off-policy (``updates_per_rollout=4``): u = 0 at a rollout's first step and != 0 at its later steps;
 - the bad inputs that need an engine: ``vllm_mode=server`` without a server, a completion longer than the engine's
   context.
@@ -177,3 +178,33 @@ def test_sigterm_then_resume_samples_from_the_checkpoints_weights(tmp_path):
     assert [row["step"] for row in rows] == list(range(1, 31))
     resumed = rows[stopped_at:]
     assert all(row["sampling/sampling_logp_difference/max"] <= FP32_PRECISION for row in resumed)
+
+
+@skip_without_script
+def test_sigkill_of_a_vllm_run_leaves_no_process(tmp_path):
+    """The engine runs inside the training process (TRL's external_launcher backend); whatever helpers vLLM or the
+    run start die with it."""
+    run = tmp_path / "run"
+    j = run_apo(
+        ["train", "max_steps=200", *SHORT, f"output_dir={run}"],
+        tmp_path,
+        SCENARIO_TIMEOUT_S,
+        signal_when=lambda: metric_lines(run) >= 1,
+        signum=signal.SIGKILL,
+    )
+    assert j.code == -signal.SIGKILL, j.stderr[-3000:]
+    _no_engine_left(j)
+
+
+@skip_without_script
+def test_apo_compare_with_vllm_runs_each_algorithm_to_its_exit(tmp_path):
+    """`apo compare` runs each algorithm in a process of its own (one engine each), here two at once."""
+    folder = tmp_path / "cmp"
+    argv = ["compare", "--algorithms", "apo-ess,grpo", "--seeds", "0", "--jobs", "2", "--out", str(folder)]
+    j = run_apo([*argv, "max_steps=2", *SHORT], tmp_path, SCENARIO_TIMEOUT_S)
+    assert j.code == 0, j.stderr[-3000:]
+    _no_engine_left(j)
+    for name in ("apo-ess-seed0", "grpo-seed0"):
+        rows = [json.loads(line) for line in (folder / name / "metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 2
+        assert all(row["sampling/sampling_logp_difference/max"] <= FP32_PRECISION for row in rows)
