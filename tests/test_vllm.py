@@ -208,3 +208,15 @@ def test_apo_compare_with_vllm_runs_each_algorithm_to_its_exit(tmp_path):
         rows = [json.loads(line) for line in (folder / name / "metrics.jsonl").read_text().splitlines()]
         assert len(rows) == 2
         assert all(row["sampling/sampling_logp_difference/max"] <= FP32_PRECISION for row in rows)
+
+
+@skip_without_script
+def test_apo_train_in_server_mode_without_a_server_ends_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "vllm_mode=server", "vllm_server_timeout=3", *SHORT, f"output_dir={run}"]
+    j = run_apo(argv, tmp_path, SCENARIO_TIMEOUT_S)
+    assert j.code == 2, j.stderr[-3000:]
+    last = [line for line in j.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("apo: error: could not build the trainer: ConnectionError: The vLLM server can't be")
+    assert "Traceback" not in j.stderr and not run.exists()
+    _no_engine_left(j)
