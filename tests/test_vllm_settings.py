@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 
 import pytest
 import torch
@@ -113,3 +114,18 @@ def test_bundled_configs_run_on_transformers_without_activation_checkpointing():
     for name in ("smollm2-arith", "smollm2-gsm", "smollm2-chain-sum"):
         assert resolve(name).gradient_checkpointing is False  # on the installed transformers, whichever it is
     assert resolve(None, {"activation_checkpointing": True}).gradient_checkpointing is True
+
+
+def test_rendezvous_port_is_the_launchers_or_an_ephemeral_one(monkeypatch):
+    """Two runs started together must not both take TRL's first choice, 29500 (`apo compare --jobs 2`)."""
+    from apo.integrations.trl.vllm_engine import choose_rendezvous_port
+
+    monkeypatch.setenv("MASTER_PORT", "12399")
+    assert choose_rendezvous_port() == 12399  # a launcher's port is kept
+    ports = set()
+    for value in ("", "auto", "0"):
+        monkeypatch.setenv("MASTER_PORT", value)
+        port = choose_rendezvous_port()
+        assert 0 < port < 65536 and port != 29500 and str(port) == os.environ["MASTER_PORT"]
+        ports.add(port)
+    assert len(ports) >= 2  # drawn by the OS each time, not a fixed default

