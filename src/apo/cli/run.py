@@ -1039,12 +1039,15 @@ def failing_start(what: str, applies=lambda: True):
     transformers or torch refuse while the trainer, its optimizer or its scheduler is built:
     ``lr_scheduler_kwargs`` the scheduler does not take, an ``optim`` whose package is missing) into a one-line
     ``ConfigError`` ``<what>: <type>: <message>``, when ``applies()`` (e.g. no step trained yet); other exceptions,
-    and any once a step is trained, pass unchanged."""
+    and any once a step is trained, pass unchanged. So does the ``ConnectionError`` of TRL's vLLM client when no
+    server answers (``vllm_mode=server``) within ``vllm_server_timeout``."""
+    from requests.exceptions import ConnectionError as ServerUnreachable
+
     try:
         yield
     except cfglib.ConfigError:
         raise
-    except (ValueError, TypeError, ImportError, KeyError) as e:
+    except (ValueError, TypeError, ImportError, KeyError, ServerUnreachable) as e:
         if not applies():
             raise
         text = " ".join(str(e).split())

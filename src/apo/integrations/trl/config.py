@@ -39,7 +39,10 @@ Departures from TRL's ``GRPOConfig`` defaults:
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
-  never enter the loss. A note is logged when vLLM is on.
+  never enter the loss. A note is logged when vLLM is on. TRL's ``sampling/...`` metrics of the engine/trainer
+  mismatch are still logged, for every algorithm (:mod:`.vllm_engine`).
+- ``vllm_dtype`` (new): the colocated vLLM engine generates in the trainer's compute dtype by default, where TRL
+  leaves vLLM's ``auto`` rule (bf16 for an fp32 checkpoint); see :mod:`.vllm_engine`.
 - ``apo`` / ``adpo`` reject TRL options that act on a token-level surrogate and would otherwise be ignored silently:
   ``beta != 0`` (KL to a reference model), ``top_entropy_quantile < 1``, ``off_policy_mask_threshold``,
   entropy bonuses, ``multi_objective_aggregation="normalize_then_sum"``, ``scale_rewards != "group"`` (APO's target
@@ -66,6 +69,8 @@ from apo.algorithms import (
     readers,
 )
 from apo.core.schedules import schedule_params
+
+from .vllm_engine import check_vllm_settings
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +162,14 @@ class APOConfig(GRPOConfig):
         metadata={"help": "Without vLLM on CUDA: static KV cache + torch.compile'd decoding (falls back to TRL's)."},
     )
     # --- end of fast generation hook ---
+    vllm_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "dtype of the colocated vLLM engine: None = the trainer's compute dtype (float32; bfloat16 under "
+            "bf16), 'auto' = vLLM's rule (TRL's behaviour: an fp32 checkpoint runs in bf16), or "
+            "'float32'/'bfloat16'/'float16'. Only with use_vllm=True in colocate mode."
+        },
+    )
     # GRPOConfig fields whose default depends on `algorithm` (None = the algorithm's value; see the module docstring).
     loss_type: str | None = field(
         default=None,
@@ -219,6 +232,7 @@ class APOConfig(GRPOConfig):
             self._check_group_objective_settings()
             self._check_whole_groups()
         super().__post_init__()
+        check_vllm_settings(self)
         if self.cast_lm_head_to_fp32 is None:  # after TRL resolved bf16's default
             self.cast_lm_head_to_fp32 = kind == GROUP and bool(self.bf16 or self.fp16)
         if self.use_transformers_continuous_batching and (self.bf16 or self.fp16):

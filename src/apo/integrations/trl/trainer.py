@@ -30,6 +30,11 @@ What it overrides, and why (everything else is TRL's):
 - ``_get_per_token_logps_and_entropies``: on CPU, TRL's fused LM head scores only the completion positions (its
   compact branch, which it takes on Triton devices) instead of every position of prompt + completion
   (:mod:`.scoring`); same values, every algorithm, train and eval.
+- ``__init__`` with ``use_vllm``: vLLM must be importable (one line naming the extra) and, in colocate mode, the
+  engine's context must hold ``max_completion_length``, both checked before TRL loads any weights; TRL's
+  ``VLLMGeneration`` is built as :mod:`.vllm_engine`'s subclass (the engine in the trainer's dtype, the weight sync
+  of CPU engines through vLLM's in-place reload). When TRL's vLLM correction is off (``apo``/``adpo``),
+  ``_generate_and_score_completions`` logs TRL's ``sampling/...`` mismatch metrics itself.
 - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: every checkpoint folder is written under
   ``.partial/``, completed by a manifest of its files' sizes and SHA-256 (``apo_manifest.json``, written last, see
   :mod:`.checkpoints`) and renamed into place (a kill leaves the previous one intact); the alpha schedule's state goes
@@ -91,6 +96,7 @@ from torch import Tensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 from trl.extras.profiling import profiling_decorator
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import (
     get_config_model_id,
     nanstd,
@@ -113,6 +119,13 @@ from .config import APOConfig
 from .generation import generate_single_turn
 from .precision import warn_if_updates_lost, warn_offpolicy_anchor
 from .scoring import score_completions_only
+from .vllm_engine import (
+    check_model_length,
+    engine_dtype,
+    require_vllm,
+    sampling_mismatch_metrics,
+    vllm_generation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +165,15 @@ def _write_json_atomic(path: str, payload: dict[str, Any]) -> None:
         raise
 
 
+def _model_config(model):
+    """The ``PretrainedConfig`` of ``model``: a model object's own, or read from a path or hub id (no weights)."""
+    if not isinstance(model, str):
+        return model.config
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model)
+
+
 def _loss_mask(inputs: dict[str, Any]) -> Tensor:
     """The ``[N, T]`` mask of the completion tokens a loss sees: ``completion_mask``, times ``tool_mask`` (0 on
     tokens a tool wrote) when TRL's tool calling provides one."""
@@ -185,7 +207,14 @@ class APOTrainer(GRPOTrainer):
             )
         if not isinstance(args, APOConfig):
             raise TypeError(f"APOTrainer needs args=APOConfig(...), a GRPOConfig or None, got {type(args).__name__}")
-        super().__init__(model, reward_funcs, args, *args_, **kwargs)
+        if args.use_vllm:  # before TRL loads any weights
+            require_vllm()
+            if args.vllm_mode == "colocate":
+                check_model_length(args.max_completion_length, args.vllm_max_model_length, _model_config(model))
+            with vllm_generation(engine_dtype(args.vllm_dtype, args.bf16, args.fp16)):
+                super().__init__(model, reward_funcs, args, *args_, **kwargs)
+        else:
+            super().__init__(model, reward_funcs, args, *args_, **kwargs)
         warn_if_updates_lost(self.model, args.learning_rate, self.optimizer)  # bf16 weights without master copy
         warn_offpolicy_anchor(args.algorithm, bool(args.bf16 or args.fp16), args.optimizer_steps_per_rollout)
         self.algorithm = args.algorithm
@@ -297,6 +326,8 @@ class APOTrainer(GRPOTrainer):
             self._generation_count += 1
         output = super()._generate_and_score_completions(inputs)
         self._log_graded_reward(mode, len(self._rewards_per_func))
+        if self.use_vllm and not self.vllm_importance_sampling_correction:
+            self._log_sampling_mismatch(mode, output)
         if mode == "train":
             self._generated_at_step = self.state.global_step
         if group_ids_N is None:
@@ -314,6 +345,48 @@ class APOTrainer(GRPOTrainer):
             self._advance_alpha_at_rollout(rewards_N.view(-1, G))
             self._alpha_step = self.state.global_step
         return output
+
+    @torch.no_grad()
+    def _log_sampling_mismatch(self, mode: str, output: dict[str, Any]) -> None:
+        """TRL's ``sampling/sampling_logp_difference/mean|max`` and ``sampling/importance_sampling_ratio/min|mean|max``
+        (:func:`.vllm_engine.sampling_mismatch_metrics`) where TRL's correction is off (``apo``/``adpo``, or a user's
+        choice): the engine's per-token log-probs of its samples against the trainer's, under TRL's names, nothing
+        applied to the loss. The trainer's are ``old_per_token_logps`` when TRL computed them, else one no-grad
+        forward of the rollout (what TRL spends when its correction is on)."""
+        sampling_NT = output.get("sampling_per_token_logps")
+        if sampling_NT is None:
+            return
+        trainer_NT = output.get("old_per_token_logps")
+        if trainer_NT is None:
+            completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+            batch_size = (
+                self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+            )
+            with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                trainer_NT, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model,
+                    torch.cat([output["prompt_ids"], completion_ids], dim=1),
+                    torch.cat([output["prompt_mask"], completion_mask], dim=1),
+                    completion_ids.size(1),
+                    batch_size=batch_size,
+                )
+        local = sampling_mismatch_metrics(
+            trainer_NT,
+            sampling_NT,
+            _loss_mask(output),
+            mode=self.vllm_importance_sampling_mode,
+            clip_min=self.vllm_importance_sampling_clip_min,
+            clip_max=self.vllm_importance_sampling_clip_max,
+        )
+        for key, value in local.items():
+            gathered = self.accelerator.gather(value.reshape(1).float())
+            if key.endswith("/max"):
+                reduced = gathered.max()
+            elif key.endswith("/min"):
+                reduced = gathered.min()
+            else:
+                reduced = gathered.mean()
+            self._metrics[mode][key].append(reduced.item())
 
     @profiling_decorator
     def _prepare_inputs(self, generation_batch):
