@@ -1,7 +1,7 @@
 """``APOTrainer(algorithm="grpo")`` as a drop-in for TRL's ``GRPOTrainer``: both run side by side on the same tiny
 Llama, data and seed, and must give the same losses, weights (1e-6 relative), logged metrics, reward-function
-calls and checkpoint files; every difference that remains is a documented choice (README, "APOTrainer as a drop-in
-for GRPOTrainer"), and each has a test here that switches it off or shows it."""
+calls and checkpoint files; every difference that remains is a documented choice (docs/trainer.md, "APOTrainer as a
+drop-in for GRPOTrainer"), and each has a test here that switches it off or shows it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ EXTRA_METRICS = {
     "offpolicy/staleness",
     "completions/truncated_graded_reward",
 }
-"""Metrics APOTrainer logs beyond TRL's (README, Metrics); every TRL metric keeps its name and value."""
+"""Metrics APOTrainer logs beyond TRL's (docs/metrics.md); every TRL metric keeps its name and value."""
 TIMING = ("runtime", "per_second", "step_time")
 
 
