@@ -24,7 +24,7 @@ A run directory holds::
                          apo.cli.run.reward_gain), TRL's completions/clipped_ratio (the
                          fraction of completions cut at max_completion_length: mean over the steps and last step), the
                          held-out clipped ratio before/after, and the stability numbers of
-                         apo.cli.plots.stability_stats (peak and final smoothed training reward, drop, collapsed),
+                         apo.stats.stability_stats (peak and final smoothed training reward, drop, collapsed),
                          and pass@k, distinct answers and token entropy before/after (apo.cli.run.coverage_summary),
                          reward_failed_frac (training completions scored 0.0 because the reward failed); written
                          last, so it marks the run finished (--resume of a finished run then reports it and changes
@@ -283,7 +283,7 @@ def evaluate(
         completion_texts.extend(completions)
     if was_training:
         model.train()
-    from apo.cli.plots import mean_ci, nan_to_none
+    from apo.stats import mean_ci, nan_to_none
 
     per_prompt = [rewards[i * samples : (i + 1) * samples] for i in range(len(rows))]
     prompt_rewards = [sum(scores) / samples for scores in per_prompt]
@@ -379,7 +379,7 @@ def reward_gain(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     gain: dict[str, Any] = {"reward_gain": after["reward"] - before["reward"], "reward_gain_ci95": None}
     xs, ys = before.get("prompt_rewards"), after.get("prompt_rewards")
     if xs is not None and ys is not None and len(xs) == len(ys):
-        from apo.cli.plots import mean_ci, nan_to_none
+        from apo.stats import mean_ci, nan_to_none
 
         gain["reward_gain_ci95"] = nan_to_none(mean_ci([y - x for x, y in zip(xs, ys, strict=True)])[1])
     return gain
@@ -942,7 +942,8 @@ def _save_final(trainer, tokenizer, run_dir: Path) -> None:
 
 def _write_summary(cfg, run: _Run, steps: int, failed_frac: float, after: dict | None) -> None:
     """``eval_after.json``, ``curves.png`` and, last, ``summary.json`` (rank 0)."""
-    from apo.cli.plots import plot_run, read_metrics, stability_stats
+    from apo.cli.plots import plot_run, read_metrics
+    from apo.stats import stability_stats
 
     rows = read_metrics(run.run_dir)
     summary: dict[str, Any] = {"steps": steps, "wall_time_s": run.wall_time_s()}
