@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apo.atomic import write_json, write_text
 from apo.cli import config as cfglib
 from apo.cli import ranks
 from apo.cli.lock import LOCK_NAME, RunDirBusy, RunLock, holder
@@ -431,20 +432,6 @@ def clipped_ratio_summary(rows: list[dict]) -> dict[str, float]:
     return {"clipped_ratio_mean": sum(values) / len(values), "clipped_ratio_last": values[-1]} if values else {}
 
 
-def _write_json(path: Path, data: dict) -> None:
-    _write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through ``<path>.tmp`` and a rename: a reader sees the old file or the new one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint of ``run_dir`` that matches its manifest (sizes and SHA-256 of every file, see
     :mod:`apo.integrations.trl.checkpoints`); a newer one that does not is named in a warning and passed over."""
@@ -496,9 +483,7 @@ def _truncate_metrics(path: Path, last_step: int) -> float:
         if row.get("step", 0) <= last_step:
             keep.append(ln)
             carried = float(row.get("wall_time_s", 0.0))
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_text(path, "".join(ln + "\n" for ln in keep))
     return carried
 
 
@@ -861,7 +846,7 @@ def _train(values: dict[str, Any], cfg, run: _Run) -> Path:
         reason = no_reward.reason or "no optimizer step was trained"
         if ranks.is_main():
             failed = {"failed": reason, "steps": trainer.state.global_step, "wall_time_s": run.wall_time_s()}
-            _write_json(run.run_dir / "summary.json", failed)
+            write_json(run.run_dir / "summary.json", failed)
         raise RunFailed(f"{reason}; {run.run_dir}/summary.json marks the run failed, no final model written")
     _save_final(trainer, tokenizer, run.run_dir)
     after = None
@@ -881,7 +866,7 @@ def _evaluate_before(cfg, run_dir: Path, model, tokenizer, eval_ds, reward_fn) -
     before = evaluate(model, tokenizer, eval_ds, reward_fn, **eval_kwargs(cfg))
     _fail_if_no_reward(reward_fn, counts, "the held-out evaluation before training")
     if ranks.is_main():
-        _write_json(run_dir / "eval_before.json", before)
+        write_json(run_dir / "eval_before.json", before)
         logger.info("held-out reward before training: %.4f", before["reward"])
 
 
@@ -951,7 +936,7 @@ def _write_summary(cfg, run: _Run, steps: int, failed_frac: float, after: dict |
     summary["truncated_completions"] = cfg.truncated_completions  # what the rewards and evaluations gave cut text
     summary.update(clipped_ratio_summary(rows))
     if after is not None:
-        _write_json(run.run_dir / "eval_after.json", after)
+        write_json(run.run_dir / "eval_after.json", after)
         before = json.loads((run.run_dir / "eval_before.json").read_text())
         summary.update(
             reward_before=before["reward"],
@@ -963,7 +948,7 @@ def _write_summary(cfg, run: _Run, steps: int, failed_frac: float, after: dict |
         )
     summary.update(stability_stats(rows))
     plot_run(run.run_dir, rows=rows)
-    _write_json(run.run_dir / "summary.json", summary)  # last: marks the run finished
+    write_json(run.run_dir / "summary.json", summary)  # last: marks the run finished
 
 
 def _check_one_step(cfg, train_ds) -> None:
@@ -1101,7 +1086,7 @@ def _start_run_dir(run_dir: Path, values: dict[str, Any], lock: RunLock) -> list
         raise cfglib.ConfigError(
             f"output_dir {str(run_dir)!r} already holds a run: pass --resume, or set output_dir=<new folder>"
         )
-    _write_text(run_dir / "config.yaml", cfglib.yaml_dump(values))
+    write_text(run_dir / "config.yaml", cfglib.yaml_dump(values))
     return [run_dir / "config.yaml", run_dir / "eval_before.json", *created]
 
 
