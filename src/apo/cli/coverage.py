@@ -3,7 +3,7 @@
 ``apo plot`` writes, next to ``curves.png`` and ``table.md``:
 
 - ``passk.png``: per algorithm (a group of seeds), pass@k against k of the trained policies (solid) and of the start
-  policy (dashed), from each run's ``eval_after.json`` / ``eval_before.json`` (:func:`apo.cli.run.evaluate`);
+  policy (dashed), from each run's ``eval_after.json`` / ``eval_before.json`` (:func:`apo.tasks.evaluate.evaluate`);
 - ``coverage.md`` / ``coverage.json``: per algorithm, pass@1, pass@k at the largest k, distinct answers per prompt
   and mean token entropy, before and after training.
 

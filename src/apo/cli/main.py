@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="FILE",
         help="also write the result, with the per-prompt mean rewards (prompt_rewards), to FILE as JSON; two such "
-        "files of the same prompts give a paired interval of the gain (apo.cli.run.reward_gain)",
+        "files of the same prompts give a paired interval of the gain (apo.tasks.evaluate.reward_gain)",
     )
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("config", help="print the resolved config", epilog=CONFIG_KEYS_HINT, formatter_class=raw)
