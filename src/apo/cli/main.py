@@ -96,7 +96,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
-    from apo.cli.run import eval_kwargs, evaluate, exit_status, load_inputs, loading_inputs
+    from apo.cli.inputs import load_inputs, loading_inputs
+    from apo.cli.run import eval_kwargs, exit_status
+    from apo.tasks.evaluate import evaluate
 
     if args.policy and not Path(args.policy).expanduser().is_dir():
         raise cfglib.ConfigError(
