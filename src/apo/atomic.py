@@ -14,14 +14,18 @@ from typing import Any
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through ``<path>.tmp`` (fsynced) and a rename: a reader sees the old file or the new
-    one."""
+    one. A write that fails (a full disk) removes its ``<path>.tmp`` and raises."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: str | os.PathLike, data: Any, *, indent: int = 2) -> None:
