@@ -52,7 +52,7 @@ def child(
     from transformers import TrainerCallback
 
     from apo.cli import config as cfglib
-    from apo.cli.run import load_run_inputs
+    from apo.cli.inputs import load_run_inputs
     from apo.integrations.trl.trainer import APOTrainer
 
     torch.set_num_threads(threads)

@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
 
     from apo.cli import config as cfglib
-    from apo.cli.run import load_run_inputs
+    from apo.cli.inputs import load_run_inputs
     from apo.integrations.trl.trainer import APOTrainer
     from apo.tasks.datasets import render_prompts
 

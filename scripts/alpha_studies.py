@@ -15,7 +15,7 @@ over all steps of all seeds, and the lowest of any step).
 swept key ``K`` (``apo-fixed@alpha=0.1@updates_per_rollout=4`` - ``R@updates_per_rollout=4``), on pass@1, pass@k,
 held-out token entropy and distinct answers. ``--slope KEY``: per value of ``--by``, the least-squares slope of
 each of those against the numeric variant ``KEY`` over all runs, with its 95% interval
-(:func:`apo.cli.plots.slope_interval`), and with ``--figure F.png`` the four against ``KEY``.
+(:func:`apo.stats.slope_interval`), and with ``--figure F.png`` the four against ``KEY``.
 ``--measure FILE``: the JSON lines of ``python scripts/make_confident_wrong.py --measure`` add P(right) and
 P(dropped-carry answer) on the subset and P(right) elsewhere. ``--guard``: the guarded schedule's signals
 (:func:`guard_table`). ``--traces F.png``: alpha, training reward and token entropy per step (:func:`trace_figure`).
@@ -28,17 +28,8 @@ import json
 import math
 from pathlib import Path
 
-from apo.cli.plots import (
-    SMOOTH_WINDOW,
-    find_runs,
-    group_runs,
-    mean_ci,
-    read_metrics,
-    run_stats,
-    slope_interval,
-    variant_pairs,
-    welch_interval,
-)
+from apo.cli.plots import find_runs, group_runs, read_metrics, run_stats, variant_pairs
+from apo.stats import SMOOTH_WINDOW, mean_ci, slope_interval, welch_interval
 
 OUTCOMES = (
     ("pass1", "pass@1"),
@@ -184,9 +175,9 @@ def slope_table(values: dict[str, list[dict]], key: str, by: str) -> str:
 def slope_figure(values: dict[str, list[dict]], key: str, by: str, out: Path) -> Path:
     """``out``: pass@1, pass@k, held-out token entropy and distinct answers against the numeric variant ``key``, one
     line per value of ``by``, mean ± 95% t half-width over seeds."""
-    from apo.cli.plots import _pyplot
+    from apo.cli.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     lines: dict[str, list[tuple[float, list[dict]]]] = {}
     for label, runs in values.items():
         pairs = variant_pairs(label)[1]
@@ -252,16 +243,16 @@ TRACES = (
 
 def trace_figure(groups: dict[str, list[Path]], out: Path) -> Path:
     """``out``: alpha, training reward and token entropy over optimizer steps, one line per group (mean over seeds,
-    a 95% t band: :func:`apo.cli.plots._band`), the last two smoothed over ``SMOOTH_WINDOW`` steps; the legend
+    a 95% t band: :func:`apo.cli.plots.draw_band`), the last two smoothed over ``SMOOTH_WINDOW`` steps; the legend
     below the panels."""
-    from apo.cli.plots import _band, _pyplot
+    from apo.cli.plots import draw_band, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(TRACES), figsize=(4.6 * len(TRACES), 3.6))
     colors = plt.get_cmap("tab10")
     for ax, (key, title, window) in zip(axes, TRACES, strict=True):
         for i, (label, runs) in enumerate(groups.items()):
-            _band(ax, runs, key, window, label, colors(i % 10))
+            draw_band(ax, runs, key, window, label, colors(i % 10))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)

@@ -17,7 +17,7 @@ seeds; collapsed runs counted) as one row per algorithm and one column per value
 ``--versus`` adds, for every group whose preset is an APO one (``apo-*``), the Welch 95% interval of its held-out
 reward after training minus that of each named preset with the same variant settings
 (``apo-ess@updates_per_rollout=16`` - ``grpo@updates_per_rollout=16``), over seeds
-(:func:`apo.cli.plots.welch_interval`).
+(:func:`apo.stats.welch_interval`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import argparse
 import math
 from pathlib import Path
 
-from apo.cli.plots import find_runs, group_runs, read_metrics, run_stats, variant_pairs, welch_interval
+from apo.cli.plots import find_runs, group_runs, read_metrics, run_stats, variant_pairs
+from apo.stats import mean_ci, welch_interval
 
 
 def _values(rows: list[dict], key: str, where=lambda r: True) -> list[float]:
@@ -73,8 +74,6 @@ COLUMNS = (
 def matrix_table(groups: dict[str, list[Path]], key: str) -> str:
     """Markdown: held-out reward after training, ``mean ± half-width (collapsed runs)``, per algorithm and value of
     the swept ``key``."""
-    from apo.cli.plots import mean_ci
-
     cells: dict[str, dict[str, str]] = {}
     values: list[str] = []
     for label, runs in groups.items():

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from apo.cli.main import main
-from apo.cli.plots import mean_ci
-from apo.cli.run import reward_gain
+from apo.stats import mean_ci
+from apo.tasks.evaluate import reward_gain
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FAST = ["eval_size=16", "eval_samples=2", "per_device_train_batch_size=16", "torch_threads=1"]

@@ -16,6 +16,7 @@ from apo.cli.config import build, resolve_values
 from apo.cli.main import main
 from apo.cli.plots import run_label
 from apo.cli.presets import PRESETS, preset
+from apo.stats import mean_ci, moving_average, t_quantile_975
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -56,14 +57,14 @@ def test_unknown_preset_is_a_clear_error(tmp_path, capsys):
 
 def test_statistics_by_hand():
     # t_{0.975} with 2 and 40 degrees of freedom (tables: 4.3027, 2.0211).
-    assert plots.t_quantile_975(2) == 4.3027
-    assert abs(plots.t_quantile_975(40) - 2.0211) < 1e-4
+    assert t_quantile_975(2) == 4.3027
+    assert abs(t_quantile_975(40) - 2.0211) < 1e-4
     # [1, 2, 3]: mean 2, s = 1, half-width 4.3027 * 1 / sqrt(3) = 2.48417
-    m, hw, n = plots.mean_ci([1.0, 2.0, 3.0])
+    m, hw, n = mean_ci([1.0, 2.0, 3.0])
     assert (m, n) == (2.0, 3) and abs(hw - 2.48417) < 1e-5
-    assert math.isnan(plots.mean_ci([5.0])[1])
+    assert math.isnan(mean_ci([5.0])[1])
     # window 3: 1, (1+2)/2, (1+2+3)/3, (2+3+4)/3
-    assert plots.moving_average([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
+    assert moving_average([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
 
 
 def _fake_run(root, name, rewards, entropies, before, after, wall):

@@ -106,7 +106,7 @@ def test_gsm8k_style_rows_without_answer_are_named(tmp_path):
 
 
 def test_missing_gold_answer_fails_before_the_model_loads(tmp_path, monkeypatch, capsys):
-    import apo.cli.run as run
+    import apo.cli.inputs as inputs
     from apo.cli.main import main
 
     path = _write_math(tmp_path / "gaps.jsonl", 12, blank=(5,))
@@ -114,7 +114,7 @@ def test_missing_gold_answer_fails_before_the_model_loads(tmp_path, monkeypatch,
     def no_model(cfg):
         raise AssertionError("the model was loaded before the data were checked")
 
-    monkeypatch.setattr(run, "load_policy", no_model)
+    monkeypatch.setattr(inputs, "load_policy", no_model)
     assert main(["train", f"task={path}", "reward=math", f"output_dir={tmp_path / 'run'}"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("apo: error")]
     assert len(errors) == 1 and str(path) in errors[0] and "row 6 " in errors[0]

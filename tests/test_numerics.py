@@ -157,7 +157,7 @@ def test_anchor_error_of_a_bf16_run_one_step_off_policy_on_cpu(tmp_path):
     14.3% of |u| = 0.46, the step being mostly rounded away). A 19-token vocabulary and a 1M-parameter model: on
     SmolLM2 the floor of bf16 compute is far higher (docs/numerics.md)."""
     from apo.cli.config import resolve
-    from apo.cli.run import load_policy
+    from apo.cli.inputs import load_policy
 
     cfg = resolve(None, {"bf16": True, "learning_rate": 1.5e-5, "output_dir": str(tmp_path / "run")})
     model, tok = load_policy(cfg)

@@ -12,15 +12,9 @@ from conftest import FAST_DEFAULTS
 
 import apo
 from apo.cli import config as cfglib
-from apo.cli.plots import (
-    slope_interval,
-    stability_stats,
-    swept_keys,
-    variant_pairs,
-    welch_interval,
-    write_comparison,
-)
+from apo.cli.plots import swept_keys, variant_pairs, write_comparison
 from apo.cli.presets import PRESETS, check_keys_read, expand_sweep, preset
+from apo.stats import slope_interval, stability_stats, welch_interval
 
 
 def config(**overrides):

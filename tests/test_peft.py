@@ -261,10 +261,10 @@ def test_cli_lora_run_kill_resume_final_eval_and_merge(tmp_path, capsys):
     ],
 )
 def test_bad_lora_settings_are_one_line_naming_the_key(tmp_path, capsys, monkeypatch, overrides, key):
-    from apo.cli import run as runlib
+    from apo.cli import inputs as inputslib
 
     loads = []
-    monkeypatch.setattr(runlib, "load_policy", lambda cfg: loads.append(cfg) or pytest.fail("weights loaded"))
+    monkeypatch.setattr(inputslib, "load_policy", lambda cfg: loads.append(cfg) or pytest.fail("weights loaded"))
     assert main(["train", f"output_dir={tmp_path / 'r'}", *CLI[1:], *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("apo: error:") and "\n" not in err and key in err, err

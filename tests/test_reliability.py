@@ -128,7 +128,7 @@ def test_a_fork_under_nested_stop_handlers_starts_with_default_signals():
 
 
 def test_eval_of_a_runs_policy_uses_the_runs_config(tmp_path, monkeypatch, capsys, caplog):
-    import apo.cli.run as runlib
+    import apo.cli.inputs as inputslib
 
     monkeypatch.chdir(tmp_path)
     Path("run/final").mkdir(parents=True)
@@ -139,7 +139,7 @@ def test_eval_of_a_runs_policy_uses_the_runs_config(tmp_path, monkeypatch, capsy
         seen.update(task=cfg.task, length=cfg.max_completion_length, model=cfg.model)
         raise cfglib.ConfigError("stop here")
 
-    monkeypatch.setattr(runlib, "load_inputs", load_inputs)
+    monkeypatch.setattr(inputslib, "load_inputs", load_inputs)
     with caplog.at_level("INFO", logger="apo"):
         assert main(["eval", "--policy", "run/final"]) == 2
     assert seen == {"task": "arith:-", "length": 3, "model": "run/final"}

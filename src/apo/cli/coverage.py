@@ -3,7 +3,7 @@
 ``apo plot`` writes, next to ``curves.png`` and ``table.md``:
 
 - ``passk.png``: per algorithm (a group of seeds), pass@k against k of the trained policies (solid) and of the start
-  policy (dashed), from each run's ``eval_after.json`` / ``eval_before.json`` (:func:`apo.cli.run.evaluate`);
+  policy (dashed), from each run's ``eval_after.json`` / ``eval_before.json`` (:func:`apo.tasks.evaluate.evaluate`);
 - ``coverage.md`` / ``coverage.json``: per algorithm, pass@1, pass@k at the largest k, distinct answers per prompt
   and mean token entropy, before and after training.
 
@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from apo.cli.plots import _pyplot, _read_json, mean_ci, nan_to_none
+from apo.cli.plots import pyplot, read_json
+from apo.stats import mean_ci, nan_to_none
 
 MEASURES = ("pass_at_1", "pass_at_max", "distinct_answers", "token_entropy")
 
@@ -41,7 +42,7 @@ def coverage_table(groups: dict[str, list[Path]]) -> dict[str, Any]:
     such runs are left out. ``pass_at_max`` is pass@k at the largest k every run of the group reports."""
     table: dict[str, Any] = {}
     for label, runs in groups.items():
-        pairs = [(_read_json(r / "eval_before.json"), _read_json(r / "eval_after.json")) for r in runs]
+        pairs = [(read_json(r / "eval_before.json"), read_json(r / "eval_after.json")) for r in runs]
         pairs = [(b, a) for b, a in pairs if b and a and "pass_at_k" in b and "pass_at_k" in a]
         if not pairs:
             continue
@@ -85,7 +86,7 @@ def coverage_markdown(table: dict[str, Any]) -> str:
 def plot_pass_at_k(table: dict[str, Any], out: Path) -> Path:
     """``passk.png``: pass@k against k per algorithm, after training (solid, with its 95% band, cut to [0, 1]) and
     before (dashed)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     colors = plt.get_cmap("tab10")
     for i, (label, row) in enumerate(table.items()):

@@ -27,7 +27,7 @@ loads the base and the adapter on it, and ``apo merge RUN/final OUT`` writes the
 Checks, each one line naming the key, before any weights load: a ``lora_*`` key (or ``use_rslora``/``use_dora``)
 without ``use_peft=true``; ``use_peft`` without ``peft`` installed (:func:`check_values`); target modules or modules
 to save that the model does not have (:func:`check_model`, on the model built on the ``meta`` device from its
-``config.json``); resuming a LoRA run as a full one or the reverse (``apo.cli.run``).
+``config.json``); resuming a LoRA run as a full one or the reverse (``apo.cli.run_folder``).
 """
 
 from __future__ import annotations

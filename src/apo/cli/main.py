@@ -96,7 +96,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from apo.cli import config as cfglib
-    from apo.cli.run import eval_kwargs, evaluate, exit_status, load_inputs, loading_inputs
+    from apo.cli.inputs import load_inputs, loading_inputs
+    from apo.cli.run import eval_kwargs, exit_status
+    from apo.tasks.evaluate import evaluate
 
     if args.policy and not Path(args.policy).expanduser().is_dir():
         raise cfglib.ConfigError(
@@ -272,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         metavar="FILE",
         help="also write the result, with the per-prompt mean rewards (prompt_rewards), to FILE as JSON; two such "
-        "files of the same prompts give a paired interval of the gain (apo.cli.run.reward_gain)",
+        "files of the same prompts give a paired interval of the gain (apo.tasks.evaluate.reward_gain)",
     )
     e.set_defaults(fn=cmd_eval)
     c = sub.add_parser("config", help="print the resolved config", epilog=CONFIG_KEYS_HINT, formatter_class=raw)

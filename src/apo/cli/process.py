@@ -47,7 +47,8 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
 
     ``parent_pid``: the parent's pid as the parent knew it; if the parent is already gone (``os.getppid()`` differs),
     the process exits at once, closing the race between ``fork`` and this call. Returns whether the request was made
-    (``False`` elsewhere than Linux or without libc)."""
+    (``False`` elsewhere than Linux or without libc). Only that: a grader or reward worker also takes the default
+    signal actions and a process group of its own (:func:`apo.tasks.bounded.become_child_of`)."""
     if not sys.platform.startswith("linux"):
         return False
     try:

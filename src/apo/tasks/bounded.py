@@ -54,13 +54,17 @@ CHILD_DEFAULT_SIGNALS = tuple(
 # children that die with their parent
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """In a child process: exit as soon as ``parent_pid`` is no longer the parent (Linux: the kernel sends SIGKILL;
-    elsewhere a watcher thread polls the parent pid every 0.2 s), with the default action for ``SIGINT``,
-    ``SIGTERM`` and ``SIGHUP`` (a child forked from the ``apo`` command inherits its graceful stop handler, which
-    would ignore the ``SIGTERM`` that ``close`` and ``multiprocessing``'s exit hook send, and the parent's join
-    would wait for ever), in a process group of its own: a terminal's Ctrl-C or hang-up reaches the parent, which
-    stops at a step boundary and still needs this child's scores, and the parent alone ends its children."""
+def become_child_of(parent_pid: int) -> None:
+    """Make this process a grader or reward worker of ``parent_pid``: it exits as soon as ``parent_pid`` is no longer
+    the parent (Linux: the kernel sends SIGKILL; elsewhere a watcher thread polls the parent pid every 0.2 s), with the
+    default action for ``SIGINT``, ``SIGTERM`` and ``SIGHUP`` (a child forked from the ``apo`` command inherits its
+    graceful stop handler, which would ignore the ``SIGTERM`` that ``close`` and ``multiprocessing``'s exit hook
+    send, and the parent's join would wait for ever), in a process group of its own: a terminal's Ctrl-C or hang-up
+    reaches the parent, which stops at a step boundary and still needs this child's scores, and the parent alone
+    ends its children.
+
+    More than :func:`apo.cli.process.die_with_parent`, which only asks for the parent-death signal (the ``apo``
+    command's own run processes keep their signal handlers and process group)."""
     for sig in CHILD_DEFAULT_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     try:
@@ -140,7 +144,7 @@ def start_child(fn):
 def _serve(fd: int, parent_pid: int, target: str, preload: str) -> None:
     """The grader process: import ``target``, say ready, then answer ``("ok"|"err", index, value)`` per item of each
     batch ``list[tuple]`` received; exit on EOF or ``None``."""
-    die_with_parent(parent_pid)
+    become_child_of(parent_pid)
     conn = Connection(fd)
     for name in filter(None, preload.split(",")):
         if ":" in name:
@@ -190,7 +194,7 @@ class _Grader:
                     pass_fds=(child_sock.fileno(),),
                     env=env,
                     stdin=subprocess.DEVNULL,
-                    # Python 3.11+; before, the child's die_with_parent() calls setpgid itself
+                    # Python 3.11+; before, the child's become_child_of() calls setpgid itself
                     **({"process_group": 0} if sys.version_info >= (3, 11) else {}),
                 )
             )
@@ -337,7 +341,7 @@ def _worker_main(conn, fn, parent_pid, parent_end=None):
     parent's death reads as EOF. No logging here: a lock copied by ``fork`` could be held."""
     if parent_end is not None:
         parent_end.close()
-    die_with_parent(parent_pid)
+    become_child_of(parent_pid)
     if isinstance(fn, bytes):
         fn = pickle.loads(fn)
     conn.send(("ready", -1, None))
@@ -616,10 +620,10 @@ def safe_reward(
 
 __all__ = [
     "SafeReward",
+    "become_child_of",
     "bounded_map",
     "close_children",
     "close_graders",
-    "die_with_parent",
     "grader_pids",
     "safe_reward",
     "start_child",

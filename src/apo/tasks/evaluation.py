@@ -2,7 +2,7 @@
 
 Mode-seeking updates raise pass@1 and can lower pass@k at large k (the policy concentrates on fewer answers);
 mode-covering updates should keep it. These functions turn the ``n`` scored samples per prompt of an evaluation into
-those measures; :func:`apo.cli.run.evaluate` reports them with 95% intervals over prompts.
+those measures; :func:`apo.tasks.evaluate.evaluate` reports them with 95% intervals over prompts.
 
 A sample is *correct* when its reward is full credit, ``reward >= 1`` (:data:`FULL_CREDIT`): for the binary rewards
 of this package that is ``reward == 1``, and a partial-credit reward (``partial_credit`` > 0) does not make a near

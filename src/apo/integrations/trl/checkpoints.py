@@ -18,6 +18,8 @@ import os
 import re
 from pathlib import Path
 
+from apo.atomic import write_json
+
 MANIFEST_FILE = "apo_manifest.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _CHUNK = 1 << 20
@@ -56,12 +58,7 @@ def write_manifest(folder: str | os.PathLike, step: int) -> dict:
         fsync_path(p)
         files[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
     manifest = {"step": int(step), "files": files}
-    tmp = folder / f".{MANIFEST_FILE}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / MANIFEST_FILE)
+    write_json(folder / MANIFEST_FILE, manifest, indent=1)
     fsync_path(folder)
     return manifest
 

@@ -3,7 +3,7 @@
 With ``bf16`` / ``fp16`` set, a run keeps **fp32 master weights and optimizer states** and the Trainer (accelerate)
 autocasts the forward passes, generation included, to the low-precision dtype: TRL's own default when
 ``GRPOTrainer`` loads a model by name (``model_init_kwargs`` without ``dtype`` loads float32). Loading the weights
-themselves in bf16 without a master copy (what :func:`apo.cli.run.load_policy` did before) loses every AdamW step
+themselves in bf16 without a master copy (what :func:`apo.cli.inputs.load_policy` did before) loses every AdamW step
 smaller than half a unit in the last place (ulp) of a weight: with lr 1.5e-5 only 13% of the tiny model's weights
 ever moved (docs/numerics.md).
 
