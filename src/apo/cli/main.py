@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from apo.cli import ranks
@@ -349,11 +350,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _say(error: BaseException, line: str) -> None:
+PEER_GRACE_S = 5.0
+"""How long a rank that stays silent about a failure waits before it exits: a launcher ends every rank once one
+exits with an error, and the rank that says why must get to print first."""
+
+
+def _say(error: BaseException, line: str | None) -> None:
     """Print the one line of a failure on stderr, once per launch: by rank 0, or by the rank that alone met it
-    (:func:`apo.cli.ranks.speaks`)."""
-    if ranks.speaks(error):
-        print(line, file=sys.stderr)
+    (:func:`apo.cli.ranks.speaks`). A silent rank of a launch waits :data:`PEER_GRACE_S` first (or until the launcher
+    ends it)."""
+    if line is not None and ranks.speaks(error):
+        print(line, file=sys.stderr, flush=True)
+    elif ranks.world_size() > 1:
+        time.sleep(PEER_GRACE_S)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except ranks.PeerFailed as e:  # another process of the launch failed and said why
+    except ranks.PeerFailed as e:  # another process of the launch failed and says why
+        _say(e, None)
         return e.code
     except ConfigError as e:
         _say(e, f"apo: error: {e}")
