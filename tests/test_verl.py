@@ -234,6 +234,29 @@ def test_adpo_group_loss_equals_library():
     torch.testing.assert_close(loss.detach(), expected, rtol=1e-10, atol=1e-12)
 
 
+def test_a_group_objective_by_path_runs_through_verls_loss():
+    """loss_mode=objective: ADPO's own function named by its path gives ADPO's loss through verl's ppo_loss, with its
+    metrics under the function's name."""
+    path = '"apo.core.objectives:adpo_loss"'
+    kwargs = "{tau_anchor:0.8,beta_reward:0.7}"
+    cfg = compose_config(
+        micro=2 * G,
+        loss_mode="objective",
+        extra=[
+            f"+actor_rollout_ref.actor.policy_loss.objective={path}",
+            f"+actor_rollout_ref.actor.policy_loss.objective_kwargs={kwargs}",
+        ],
+    )
+    rollout = make_rollout(seed=3)
+    delta = (0.2 * torch.randn(N, T, generator=torch.Generator().manual_seed(4), dtype=torch.float64)).requires_grad_()
+    loss, metrics = actor_step(cfg, rollout, estimate(cfg, rollout), delta, micro=2 * G)
+    by_name, _ = actor_step(
+        compose_config(micro=2 * G, loss_mode="adpo"), rollout, estimate(cfg, rollout), delta, micro=2 * G
+    )
+    torch.testing.assert_close(loss.detach(), by_name.detach(), rtol=1e-12, atol=1e-14)
+    assert all("adpo_loss/adpo/cross_entropy" in m for m in metrics)
+
+
 def test_scheduled_alpha_reaches_the_loss():
     """ess schedule: the alpha the loss reports is the schedule's alpha for this rollout's groups at u = 0."""
     cfg = compose_config(
