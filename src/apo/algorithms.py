@@ -147,6 +147,14 @@ ALPHA_SCHEDULES = ("fixed", "guarded", "ess")
 CONFIDENCE_SOURCES = ("anchored", "sequence", "token")
 
 
+def weight_clip_of(w_min: float | None, w_max: float | None) -> tuple[float, float] | None:
+    """``(w_min, w_max)`` of Eq. 24 from the two settings, or ``None`` when both are unset (no clipping); one missing
+    end means no clipping on that side (``0`` below, ``inf`` above)."""
+    if w_min is None and w_max is None:
+        return None
+    return (0.0 if w_min is None else float(w_min)), (float("inf") if w_max is None else float(w_max))
+
+
 @dataclass
 class APOSettings(AnchoredSettings):
     """APO's settings: the anchored ones plus the alpha schedule (Sec. 5) and the weight clip (Eq. 24)."""
@@ -207,12 +215,8 @@ class APOSettings(AnchoredSettings):
 
     @property
     def weight_clip(self) -> tuple[float, float] | None:
-        """``(w_min, w_max)`` of Eq. 24, or ``None`` when off; one missing end means no clipping on that side."""
-        if self.weight_clip_min is None and self.weight_clip_max is None:
-            return None
-        lo = 0.0 if self.weight_clip_min is None else float(self.weight_clip_min)
-        hi = float("inf") if self.weight_clip_max is None else float(self.weight_clip_max)
-        return lo, hi
+        """``(w_min, w_max)`` of Eq. 24 (:func:`weight_clip_of`)."""
+        return weight_clip_of(self.weight_clip_min, self.weight_clip_max)
 
     def objective_kwargs(self, alpha: float) -> dict[str, Any]:
         return {**super().objective_kwargs(alpha), "alpha": alpha, "weight_clip": self.weight_clip}

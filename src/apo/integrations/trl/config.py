@@ -67,6 +67,7 @@ from apo.algorithms import (
     names,
     objective_path,
     readers,
+    weight_clip_of,
 )
 from apo.core.schedules import schedule_params
 
@@ -307,12 +308,8 @@ class APOConfig(GRPOConfig):
 
     @property
     def weight_clip(self) -> tuple[float, float] | None:
-        """``(w_min, w_max)`` of Eq. 24, or ``None`` when off; one missing end defaults to no clipping on that side."""
-        if self.weight_clip_min is None and self.weight_clip_max is None:
-            return None
-        lo = 0.0 if self.weight_clip_min is None else float(self.weight_clip_min)
-        hi = float("inf") if self.weight_clip_max is None else float(self.weight_clip_max)
-        return lo, hi
+        """``(w_min, w_max)`` of Eq. 24 (:func:`apo.algorithms.weight_clip_of`)."""
+        return weight_clip_of(self.weight_clip_min, self.weight_clip_max)
 
     def schedule_params(self) -> dict:
         """Keyword arguments of :func:`apo.make_alpha_schedule` for ``alpha_schedule``."""
