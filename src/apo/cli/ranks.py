@@ -4,7 +4,8 @@ how they agree.
 A launcher starts one process per rank, each running the whole command. Every rank trains (TRL and accelerate share
 the work); the run folder is rank 0's alone: it takes the run lock, writes ``config.yaml``, ``metrics.jsonl``, the
 evaluations, ``final/`` and ``summary.json``, and prints. The other ranks follow the same path and print nothing of
-their own (a failure that only they meet still prints its line).
+their own (a failure that only they meet inside an :func:`agreed` block still prints its line; outside one, a failure
+is taken to be met by every rank alike and said by rank 0).
 
 - :func:`rank`, :func:`world_size`, :func:`is_main`: read from the launcher's ``RANK`` / ``WORLD_SIZE``, so they are
   right before the process group exists (a config that fails to parse is said once, by rank 0).
@@ -13,6 +14,13 @@ their own (a failure that only they meet still prints its line).
 - :func:`agreed`: a block that every rank runs, after which every rank knows whether any rank raised: a rank that
   did not raise raises :class:`PeerFailed` (exit status of the failing rank, nothing printed), so that no rank waits
   for ever in a collective that a failed rank will never reach.
+
+Every exchange is one ``all_gather_object`` of ``(failure code or None, payload)``: a failed rank's exchange at the end
+of an :func:`agreed` block may meet another rank's :func:`gather` or :func:`broadcast` inside the block (the failed
+rank left the block early), and that rank then raises :class:`PeerFailed` at once instead of taking the code for
+data. Collectives that are not this module's (TRL's barriers, DDP's wrapping) cannot be paired so: a rank that fails
+while another waits in one of those ends when the process group times out (``ddp_timeout``), or when the launcher
+ends the ranks.
 
 This module imports neither TRL nor the other CLI modules.
 """
@@ -53,26 +61,29 @@ def _group() -> bool:
     return True
 
 
-def broadcast(obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank (any picklable object)."""
-    if not _group():
-        return obj
-    from accelerate.utils import broadcast_object_list
-
-    box = [obj]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
-
-
-def gather(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
-    if not _group():
-        return [obj]
+def _exchange(code: int | None, payload: Any) -> list[tuple[int | None, Any]]:
     import torch.distributed as dist
 
     out: list[Any] = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, (code, payload))
     return out
+
+
+def gather(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank; :class:`PeerFailed` when another rank sent the failure
+    of an :func:`agreed` block instead."""
+    if not _group():
+        return [obj]
+    out = _exchange(None, obj)
+    codes = [code for code, _ in out if code is not None]
+    if codes:
+        raise PeerFailed(codes[0])
+    return [payload for _, payload in out]
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (any picklable object; an exchange like :func:`gather`'s)."""
+    return gather(obj if is_main() else None)[0]
 
 
 def any_rank(flag: bool) -> bool:
@@ -104,8 +115,9 @@ def agreed(code_of=lambda e: 1) -> Iterator[None]:
         yield
     except BaseException as e:  # re-raised below, after the other ranks know
         error = e
-    if world_size() > 1:
-        codes = gather(None if error is None else int(code_of(error)))
+    # a PeerFailed from inside the block already met the failed rank's exchange: no second one
+    if world_size() > 1 and not isinstance(error, PeerFailed):
+        codes = [code for code, _ in _exchange(None if error is None else int(code_of(error)), None)]
         failed = [r for r, c in enumerate(codes) if c is not None]
         if error is None and failed:
             raise PeerFailed(codes[failed[0]])

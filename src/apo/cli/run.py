@@ -262,7 +262,10 @@ def _finalize(cfg, run: _Run, trainer, inputs: _Inputs, no_reward) -> Path:
     run.folder.save_final(trainer, inputs.tokenizer)
     after = None
     if cfg.eval_before_after and inputs.eval_ds is not None:
-        after = evaluate(trainer.model, inputs.tokenizer, inputs.eval_ds, inputs.reward_fn, **eval_kwargs(cfg))
+        kwargs = eval_kwargs(cfg)
+        if getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False):
+            kwargs["processes"] = None  # a sharded model: every rank runs every forward, in step
+        after = evaluate(trainer.model, inputs.tokenizer, inputs.eval_ds, inputs.reward_fn, **kwargs)
     failed_frac = no_reward.failed_frac()
     if run.stopped():
         raise run.stop_error(steps, saves_checkpoints(cfg))
