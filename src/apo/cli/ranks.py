@@ -9,7 +9,7 @@ is taken to be met by every rank alike and said by rank 0).
 
 - :func:`rank`, :func:`world_size`, :func:`is_main`: read from the launcher's ``RANK`` / ``WORLD_SIZE``, so they are
   right before the process group exists (a config that fails to parse is said once, by rank 0).
-- :func:`broadcast`, :func:`gather`, :func:`any_rank`: collectives over accelerate's process group (the one
+- :func:`broadcast`, :func:`gather`, :func:`sum_over_ranks`: collectives over accelerate's process group (the one
   ``TrainingArguments`` starts, gloo on a CPU); with one process they return their input.
 - :func:`agreed`: a block that every rank runs, after which every rank knows whether any rank raised: a rank that
   did not raise raises :class:`PeerFailed` (exit status of the failing rank, nothing printed), so that no rank waits
@@ -84,11 +84,6 @@ def gather(obj: Any) -> list[Any]:
 def broadcast(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank (any picklable object; an exchange like :func:`gather`'s)."""
     return gather(obj if is_main() else None)[0]
-
-
-def any_rank(flag: bool) -> bool:
-    """Whether ``flag`` is true on some rank (every rank must call it at the same point)."""
-    return any(gather(bool(flag)))
 
 
 def sum_over_ranks(values: tuple[int, ...]) -> tuple[int, ...]:
