@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import FAST_DEFAULTS, build_char_tokenizer, build_tiny_llama, hash_reward, prompt_dataset  # noqa: E402
 
 import apo  # noqa: E402
+from apo.cli import ranks  # noqa: E402
 
 
 class CheckedTrainer(apo.APOTrainer):
@@ -98,3 +99,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # not the interpreter's teardown, during which a gloo worker that still holds a finished gather can abort the
+    # process (apo.cli.ranks.leave says why)
+    ranks.leave(0)

@@ -1,10 +1,13 @@
 """Run by ``tests/test_ranks.py`` under ``torchrun --nproc_per_node 2``: rank 1 fails inside an ``agreed`` block
-while rank 0 waits in a ``gather`` of the same block; each rank writes what it raised to ``$APO_TEST_RESULTS``."""
+while rank 0 waits in a ``gather`` of the same block; each rank writes what it raised to ``$APO_TEST_RESULTS``, and
+ends through ``ranks.leave`` (an ``atexit`` handler writes ``rank<r>.atexit`` on the way out)."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+from pathlib import Path
 
 import torch.distributed as dist
 
@@ -13,6 +16,7 @@ from apo.cli import ranks
 
 def main() -> None:
     dist.init_process_group("gloo")
+    atexit.register(Path(os.environ["APO_TEST_RESULTS"], f"rank{ranks.rank()}.atexit").write_text, "ran")
     outcome = {}
     try:
         with ranks.agreed(lambda e: 7):
@@ -28,7 +32,7 @@ def main() -> None:
     outcome["after"] = ranks.gather(ranks.rank())
     with open(os.path.join(os.environ["APO_TEST_RESULTS"], f"rank{ranks.rank()}.json"), "w") as f:
         json.dump(outcome, f)
-    dist.destroy_process_group()
+    ranks.leave(0)
 
 
 if __name__ == "__main__":

@@ -25,3 +25,23 @@ def test_a_failure_that_meets_a_gather_is_a_peer_failure_not_data(tmp_path):
     rank1 = json.loads((tmp_path / "rank1.json").read_text())
     assert rank0 == {"raised": "PeerFailed", "code": 7, "speaks": True, "after": [0, 1]}
     assert rank1 == {"raised": "RuntimeError", "message": "rank 1 failed first", "speaks": True, "after": [0, 1]}
+    # both ranks ended through ranks.leave, which runs the atexit handlers before os._exit
+    assert [(tmp_path / f"rank{r}.atexit").read_text() for r in (0, 1)] == ["ran", "ran"]
+
+
+def test_leave_runs_exit_handlers_flushes_and_exits_with_the_code(tmp_path):
+    marker = tmp_path / "atexit"
+    script = (
+        "import atexit, sys, pathlib\n"
+        "from apo.cli import ranks\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'ran')\n"
+        "sys.stdout.write('no newline, still buffered')\n"
+        "sys.stderr.write('err')\n"
+        "ranks.leave(3)\n"
+        "print('never reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "no newline, still buffered"
+    assert proc.stderr == "err"
+    assert marker.read_text() == "ran"

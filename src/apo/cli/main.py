@@ -29,6 +29,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from apo.cli import ranks
@@ -367,7 +368,24 @@ def _say(error: BaseException, line: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``apo`` command line ``argv`` (default ``sys.argv[1:]``); returns the exit status (see the module
-    docstring). Every anticipated failure is one line on stderr, ``apo: error: ...``."""
+    docstring). Every anticipated failure is one line on stderr, ``apo: error: ...``.
+
+    A process that joined a process group (a rank of ``torchrun``) does not return: it ends through
+    :func:`apo.cli.ranks.leave`, whose docstring says why; an unexpected exception there is printed and ends it
+    with status 1."""
+    try:
+        code = _main(argv)
+    except Exception:
+        if not ranks.group_started():
+            raise
+        traceback.print_exc()
+        code = 1
+    if ranks.group_started():
+        ranks.leave(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # argparse stops filling a positional list at the first option, so `apo compare CONFIG --seeds 0 key=value`
