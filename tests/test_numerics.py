@@ -219,10 +219,11 @@ def test_a_bf16_checkpoint_written_without_master_weights_still_resumes_on_cpu(t
 
 def test_offpolicy_apo_in_bf16_warns_that_the_anchor_is_rounding(make_trainer, caplog):
     caplog.set_level("WARNING", logger="apo")
-    make_trainer(bf16=True, updates_per_rollout=2)
+    make_trainer(bf16=True, updates_per_rollout=2, fp32_anchor_passes=False)
     lines = [r.getMessage() for r in caplog.records if "the anchor u is mostly bf16 rounding" in r.getMessage()]
     assert len(lines) == 1 and "2 optimizer steps per rollout" in lines[0]
     caplog.clear()
+    make_trainer(bf16=True, updates_per_rollout=2)  # the default: fp32 log-prob passes
     make_trainer(bf16=True)  # on-policy: u = 0 exactly
     make_trainer(updates_per_rollout=2)  # fp32
     assert not [r for r in caplog.records if "mostly bf16 rounding" in r.getMessage()]

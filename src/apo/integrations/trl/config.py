@@ -36,6 +36,10 @@ Departures from TRL's ``GRPOConfig`` defaults:
   the anchor ``u = (l - l_ref) / tau`` is a difference of two log-probability sums over the completion, and bf16
   logits put rounding noise of the size of ``u`` into it (docs/numerics.md). Off for the TRL-run algorithms, which
   may set it.
+- ``fp32_anchor_passes`` (new) defaults to ``None`` = on for the group objectives under ``bf16`` / ``fp16`` when a
+  rollout feeds more than one optimizer step: the two passes that form ``u`` (pi_old's log-probs at the rollout, the
+  policy's in the loss) run with autocast off on the fp32 master weights, generation stays in bf16. Off-policy,
+  bf16 rounding is most of ``u`` otherwise (docs/numerics.md); on-policy ``u = 0`` exactly and nothing changes.
 - ``apo`` / ``adpo`` switch ``vllm_importance_sampling_correction`` off: APO's objective is a divergence over the
   explicit candidate set, whose anchor is the trainer-side log-probability of the rollout parameters
   (``pi_ref = pi_old``, Eq. 1); there is no expectation under the sampler to correct, so vLLM's sampling log-probs
@@ -195,6 +199,16 @@ class APOConfig(GRPOConfig):
         },
     )
 
+    fp32_anchor_passes: bool | None = field(
+        default=None,
+        metadata={
+            "help": "The whole-completion log-prob passes (pi_old's at the rollout, the policy's in the loss) in "
+            "fp32 under bf16/fp16: autocast off, on the fp32 master weights; generation stays low precision. None = "
+            "on for group objectives (apo, adpo, ...) when a rollout feeds more than one optimizer step (off-policy, "
+            "where bf16 rounding is most of the anchor u, docs/numerics.md), off otherwise."
+        },
+    )
+
     def __post_init__(self):
         if callable(self.algorithm):  # a group objective passed as a function: named by its import path
             self.algorithm = objective_path(self.algorithm)
@@ -234,8 +248,19 @@ class APOConfig(GRPOConfig):
             self._check_whole_groups()
         super().__post_init__()
         check_vllm_settings(self)
+        if self.fp32_anchor_passes:  # None: the trainer's rule (fp32_anchor_passes_default), by the weights it gets
+            if kind != GROUP:
+                raise ValueError(
+                    f"fp32_anchor_passes=true applies to the group objectives, whose anchor u is a difference of "
+                    f"log-prob sums; algorithm={algo!r} has none: unset fp32_anchor_passes"
+                )
+            if not (self.bf16 or self.fp16):
+                raise ValueError(
+                    "fp32_anchor_passes=true without bf16/fp16: every pass is fp32 already; unset fp32_anchor_passes"
+                )
         if self.cast_lm_head_to_fp32 is None:  # after TRL resolved bf16's default
             self.cast_lm_head_to_fp32 = kind == GROUP and bool(self.bf16 or self.fp16)
+            self._cast_lm_head_by_default = True  # the trainer may turn a default off (LoRA on tied embeddings)
         if self.use_transformers_continuous_batching and (self.bf16 or self.fp16):
             # TRL 1.16 casts the whole model to bf16/fp16 in place before continuous-batching generation and never
             # back: the fp32 master weights would be lost and most AdamW updates rounded away (docs/numerics.md).

@@ -14,7 +14,9 @@ buffer carries the part of each step the dtype cannot hold.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -210,22 +212,101 @@ def checkpoint_weight_note(checkpoint, master_weights: bool) -> str | None:
     )
 
 
-def offpolicy_anchor_warning(algorithm: str, low_precision: bool, steps_per_rollout: int) -> str | None:
-    """One line when ``apo``/``adpo`` compute in bf16/fp16 and take more than one optimizer step per rollout: from
-    the second step on, u = (l - l_old) / tau is a difference of two log-prob sums computed with the bf16-rounded
-    weights of two policies, and that rounding is most of u (SmolLM2-135M, 256-token completions, one step at lr
-    1.5e-5: error 74-80% of |u|, docs/numerics.md). ``None`` otherwise (on-policy, u = 0 exactly in any dtype)."""
-    if get_algorithm(algorithm).kind != GROUP or not low_precision or steps_per_rollout <= 1:
+def offpolicy_anchor_warning(
+    algorithm: str, low_precision: bool, steps_per_rollout: int, fp32_passes: bool = False
+) -> str | None:
+    """One line when a group objective (``apo``, ``adpo``, ...) computes in bf16/fp16, takes more than one optimizer
+    step per rollout, and its log-prob passes are not fp32 (``fp32_anchor_passes=false``): from the second step on,
+    u = (l - l_old) / tau is a difference of two log-prob sums computed with the bf16-rounded weights of two
+    policies, and that rounding is most of u (SmolLM2-135M, 256-token completions, one step at lr 1.5e-5: error
+    74-80% of |u|, docs/numerics.md). ``None`` otherwise (on-policy, u = 0 exactly in any dtype)."""
+    if get_algorithm(algorithm).kind != GROUP or not low_precision or steps_per_rollout <= 1 or fp32_passes:
         return None
     return (
-        f"algorithm={algorithm!r} with bf16/fp16 compute and {steps_per_rollout} optimizer steps per rollout: "
-        "off-policy, the anchor u is mostly bf16 rounding (docs/numerics.md); set bf16=false for an exact anchor, "
-        "or updates_per_rollout=1 and num_iterations=1"
+        f"algorithm={algorithm!r} with bf16/fp16 compute, {steps_per_rollout} optimizer steps per rollout and "
+        "fp32_anchor_passes=false: off-policy, the anchor u is mostly bf16 rounding (docs/numerics.md); unset "
+        "fp32_anchor_passes (fp32 log-prob passes, the default here), or set bf16=false"
     )
 
 
-def warn_offpolicy_anchor(algorithm: str, low_precision: bool, steps_per_rollout: int) -> None:
+def warn_offpolicy_anchor(algorithm: str, low_precision: bool, steps_per_rollout: int, fp32_passes: bool) -> None:
     """Log :func:`offpolicy_anchor_warning` (once, at the start of training) when it applies."""
-    message = offpolicy_anchor_warning(algorithm, low_precision, steps_per_rollout)
+    message = offpolicy_anchor_warning(algorithm, low_precision, steps_per_rollout, fp32_passes)
     if message is not None:
         logger.warning(message)
+
+
+def fp32_anchor_passes_default(kind: str, low_precision: bool, steps_per_rollout: int) -> bool:
+    """``fp32_anchor_passes``'s default: on for a group objective under bf16/fp16 whenever the policy moves between
+    a rollout and the steps it feeds (more than one optimizer step per rollout); off otherwise (on-policy, u = 0
+    exactly in any dtype; fp32 compute; the TRL-run losses, which have no anchor)."""
+    return kind == GROUP and low_precision and steps_per_rollout > 1
+
+
+def resolve_fp32_anchor_passes(
+    requested: bool | None, kind: str, weights_dtypes: set[torch.dtype], low_precision: bool, steps_per_rollout: int
+) -> tuple[bool, str | None]:
+    """Whether a trainer runs its log-prob passes in fp32 (:func:`fp32_forward`), and a note to log: ``(on, note)``.
+
+    ``requested``: ``APOConfig.fp32_anchor_passes`` (``None``: :func:`fp32_anchor_passes_default`). The passes run
+    on the weights as stored, so they are fp32 only with fp32 (master) weights: with bf16/fp16 trainable weights
+    (``master_weights=false``, or a model loaded in bf16) the default stays off with a note, and an explicit
+    ``True`` raises. An explicit ``False`` where the default is off anyway is a note that it changes nothing.
+
+    Raises:
+        ValueError: ``fp32_anchor_passes=True`` with bf16/fp16 trainable weights."""
+    default = fp32_anchor_passes_default(kind, low_precision, steps_per_rollout)
+    low_weights = sorted(str(d).removeprefix("torch.") for d in weights_dtypes & set(LOW_PRECISION))
+    if requested is None:
+        if default and low_weights:
+            return False, (
+                f"the policy's trainable weights are {low_weights[0]} (no fp32 master copy): the anchor's log-prob "
+                "passes cannot be fp32 and u is mostly rounding off-policy (docs/numerics.md); load the model in "
+                "float32 (master_weights=true) for fp32 passes"
+            )
+        return default, None
+    if requested and low_weights:
+        raise ValueError(
+            f"fp32_anchor_passes=true needs fp32 weights, but the policy's trainable weights are {low_weights[0]} "
+            "(no fp32 master copy): load the model in float32 (master_weights=true), or unset fp32_anchor_passes"
+        )
+    if not requested and not default:
+        why = (
+            "the algorithm has no anchor"
+            if kind != GROUP
+            else "compute is fp32"
+            if not low_precision
+            else "one optimizer step per rollout, where u = 0 exactly"
+        )
+        return False, f"fp32_anchor_passes=false changes nothing here ({why})"
+    return requested, None
+
+
+@contextlib.contextmanager
+def fp32_forward(model: nn.Module, accelerator=None) -> Iterator[None]:
+    """Run the forwards of ``model`` inside the block in fp32: autocast off for the device of its weights, with
+    both of accelerate's ways back to autocast closed for the block. ``Accelerator.prepare_model`` under
+    ``mixed_precision`` wraps the forward in its own ``torch.autocast`` (kept as ``_original_forward``): the unwrapped
+    forward is used on ``model`` and every submodule (a DDP wrapper's module, a PEFT model). ``accelerator.autocast()``
+    (TRL's log-prob pass enters it) reads ``accelerator.autocast_handler``: set to ``enabled=False`` for the block.
+    With fp32 weights every matmul is then fp32; activation checkpointing recomputes under the autocast state of the
+    forward (off). Everything is restored on exit, also on an error."""
+    wrapped = [m for m in model.modules() if "_original_forward" in vars(m) and "forward" in vars(m)]
+    saved = [vars(m)["forward"] for m in wrapped]
+    handler = getattr(accelerator, "autocast_handler", None)
+    param = next(model.parameters(), None)
+    device_type = param.device.type if param is not None else "cpu"
+    try:
+        for m in wrapped:
+            m.forward = m._original_forward
+        if accelerator is not None:
+            from accelerate.utils import AutocastKwargs
+
+            accelerator.autocast_handler = AutocastKwargs(enabled=False)
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    finally:
+        for m, forward in zip(wrapped, saved, strict=True):
+            m.forward = forward
+        if accelerator is not None:
+            accelerator.autocast_handler = handler

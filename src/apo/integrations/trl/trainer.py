@@ -81,6 +81,7 @@ Decisions and departures (paper: Algorithm 1; TRL: ``GRPOTrainer``):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -117,7 +118,7 @@ from .batching import fill_unscorable, local_group_ids, shuffle_whole_groups
 from .checkpoints import fsync_path, write_manifest
 from .config import APOConfig
 from .generation import generate_single_turn
-from .precision import warn_if_updates_lost, warn_offpolicy_anchor
+from .precision import fp32_forward, resolve_fp32_anchor_passes, warn_if_updates_lost, warn_offpolicy_anchor
 from .scoring import score_completions_only
 from .vllm_engine import (
     check_model_length,
@@ -174,6 +175,39 @@ def _model_config(model):
     return AutoConfig.from_pretrained(model)
 
 
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _lm_head_cast_with_lora(args: APOConfig, model) -> None:
+    """TRL 1.16's ``cast_lm_head_to_fp32`` fails on a LoRA model whose LM head is tied to its embedding
+    (``AttributeError: 'LlamaForCausalLM' object has no attribute 'embed_tokens'``: it looks for the embedding one
+    level too high in the PEFT wrapper), e.g. Qwen3-1.7B or tiny-arith with ``use_peft``. Off with a note when it was
+    this package's default (with ``fp32_anchor_passes`` the log-prob passes, head included, are fp32 anyway; on-policy
+    u = 0 exactly); an explicit ``True`` raises.
+
+    Raises:
+        ValueError: ``cast_lm_head_to_fp32=True`` set explicitly, LoRA, tied embeddings."""
+    if not getattr(_model_config(model), "tie_word_embeddings", False):
+        return
+    if getattr(args, "_cast_lm_head_by_default", False):
+        args.cast_lm_head_to_fp32 = False
+        logger.warning(
+            "cast_lm_head_to_fp32 off: TRL cannot cast the LM head of a LoRA model with tied embeddings; the "
+            "head's logits are in the autocast dtype except in fp32_anchor_passes (docs/numerics.md)"
+        )
+        return
+    raise ValueError(
+        "cast_lm_head_to_fp32=true with LoRA on a model whose LM head is tied to its embedding: TRL 1.16 cannot "
+        "cast that head (it looks for the embedding one level too high in the PEFT wrapper); set "
+        "cast_lm_head_to_fp32=false"
+    )
+
+
 def _loss_mask(inputs: dict[str, Any]) -> Tensor:
     """The ``[N, T]`` mask of the completion tokens a loss sees: ``completion_mask``, times ``tool_mask`` (0 on
     tokens a tool wrote) when TRL's tool calling provides one."""
@@ -207,6 +241,8 @@ class APOTrainer(GRPOTrainer):
             )
         if not isinstance(args, APOConfig):
             raise TypeError(f"APOTrainer needs args=APOConfig(...), a GRPOConfig or None, got {type(args).__name__}")
+        if args.cast_lm_head_to_fp32 and (kwargs.get("peft_config") is not None or _is_peft(model)):
+            _lm_head_cast_with_lora(args, model)
         if args.use_vllm:  # before TRL loads any weights
             require_vllm()
             if args.vllm_mode == "colocate":
@@ -216,9 +252,17 @@ class APOTrainer(GRPOTrainer):
         else:
             super().__init__(model, reward_funcs, args, *args_, **kwargs)
         warn_if_updates_lost(self.model, args.learning_rate, self.optimizer)  # bf16 weights without master copy
-        warn_offpolicy_anchor(args.algorithm, bool(args.bf16 or args.fp16), args.optimizer_steps_per_rollout)
         self.algorithm = args.algorithm
         self._algorithm = get_algorithm(args.algorithm)  # the registry's entry, or a user's group objective
+        low_precision, steps = bool(args.bf16 or args.fp16), args.optimizer_steps_per_rollout
+        weights = {p.dtype for p in self.model.parameters() if p.requires_grad and p.is_floating_point()}
+        self.fp32_anchor_passes, note = resolve_fp32_anchor_passes(
+            args.fp32_anchor_passes, self._algorithm.kind, weights, low_precision, steps
+        )
+        if note is not None:
+            logger.warning(note)
+        else:  # the anchor's passes in bf16 off-policy, by request
+            warn_offpolicy_anchor(args.algorithm, low_precision, steps, self.fp32_anchor_passes)
         self._objective = self._algorithm.batch_objective() if self._algorithm.kind == GROUP else None
         self.alpha_schedule = (
             make_alpha_schedule(args.alpha_schedule, **args.schedule_params())
@@ -417,7 +461,10 @@ class APOTrainer(GRPOTrainer):
     # Per-token log-probs: on CPU only the completion positions go through the LM head (see .scoring).
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, *args, **kwargs):
-        with score_completions_only(input_ids.device):
+        # every whole-completion pass (pi_old's at the rollout, the policy's in the loss) comes through here, never a
+        # decode step: with fp32_anchor_passes they run in fp32 and generation keeps its low precision
+        precision = fp32_forward(model, self.accelerator) if self.fp32_anchor_passes else contextlib.nullcontext()
+        with score_completions_only(input_ids.device), precision:
             return super()._get_per_token_logps_and_entropies(model, input_ids, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------------
