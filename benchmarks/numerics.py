@@ -15,10 +15,15 @@ Three tables (docs/numerics.md quotes them):
    ``(l_i(theta_k) - l_i(theta_0)) / T_i`` and GRPO's per-token log-ratios ``log r_t``: ``mean |err| / mean |ref|``.
    Log-probs go through TRL's fused LM head (``add_fused_lm_head``), as in training. Modes: ``bf16-pure`` (bf16
    weights), ``autocast`` (fp32 weights, bf16 autocast, bf16 logits), ``autocast+fp32-head``
-   (``cast_lm_head_to_fp32``: the LM head and log-softmax in fp32), ``fp32``.
+   (``cast_lm_head_to_fp32``: the LM head and log-softmax in fp32), ``fp16-pure`` and ``fp16-autocast+fp32-head``
+   (the same two in fp16: 10 mantissa bits against bf16's 7; CPU autocast runs fp16 matmuls), ``fp32-passes`` (the
+   trainer's ``fp32_anchor_passes``: a model prepared by accelerate with bf16 mixed precision, scored inside
+   ``apo.integrations.trl.precision.fp32_forward`` and ``accelerator.autocast()``, as TRL's pass enters it), ``fp32``.
 3. ``cost``: forward + backward of the fused log-prob path at the model's shape, bf16 autocast with and without the
    fp32 LM head, alternated call by call (``--repeats``); the median paired time ratio, and the peak RSS of each mode
    measured in its own subprocess. Absolute times are inflated on a shared machine: read the ratio.
+4. ``passes``: the same forward + backward, bf16 autocast with the fp32 head (a bf16 run's passes without
+   ``fp32_anchor_passes``) against fp32 (with it), alternated call by call; the median paired time ratio.
 
     python benchmarks/numerics.py --model tiny-arith                 # all tables, tiny model (~1 min)
     python benchmarks/numerics.py --model smollm2 --quick            # SmolLM2: lr 1.5e-5 only, k = 1 (~10 min)
@@ -148,26 +153,55 @@ def completions(model, tok, n: int, length: int, seed: int):
     return out, enc["input_ids"].shape[1]
 
 
+_ACCELERATOR = []
+
+
+def _bf16_accelerator():
+    """One accelerate ``Accelerator`` with bf16 mixed precision (its state is a process-wide singleton)."""
+    if not _ACCELERATOR:
+        from accelerate import Accelerator
+
+        _ACCELERATOR.append(Accelerator(mixed_precision="bf16", cpu=DEVICE == "cpu"))
+    return _ACCELERATOR[0]
+
+
 def fused_logp(model, ids: torch.Tensor, start: int, mode: str) -> torch.Tensor:
     """Per-token log-probs ``[N, T - start]`` through TRL's fused LM head, as the trainer computes them in ``mode``."""
     from trl.trainer.utils import add_fused_lm_head
 
     m = copy.deepcopy(model)
-    if mode == "bf16-pure":
-        m.to(LOW)
+    if mode in ("bf16-pure", "fp16-pure"):
+        m.to(LOW if mode == "bf16-pure" else torch.float16)
     if mode == "fp64":
         m.to(torch.float64)
         return seq_logp_plain(m, ids, start)  # TRL's statistics are fp32; the reference is a plain fp64 forward
-    add_fused_lm_head(m, cast_lm_head_to_fp32=mode == "autocast+fp32-head")
+    add_fused_lm_head(m, cast_lm_head_to_fp32=mode in ("autocast+fp32-head", "fp16-autocast+fp32-head", "fp32-passes"))
     labels = ids.clone()
     labels[:, :start] = -100
-    autocast = mode in ("autocast", "autocast+fp32-head")
-    with torch.no_grad(), torch.autocast(DEVICE, dtype=LOW, enabled=autocast):
+    if mode == "fp32-passes":  # the trainer's path: accelerate's bf16 wrapper, TRL's accelerator.autocast()
+        from apo.integrations.trl.precision import fp32_forward
+
+        accelerator = _bf16_accelerator()
+        m = accelerator.prepare_model(m)
+        with torch.no_grad(), fp32_forward(m, accelerator), accelerator.autocast():
+            out = m(input_ids=ids, labels=labels, fused_lm_head=True)
+        return out.log_probs[:, start - 1 :].double()
+    autocast = mode in ("autocast", "autocast+fp32-head", "fp16-autocast+fp32-head")
+    dtype = torch.float16 if mode.startswith("fp16") else LOW
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=dtype, enabled=autocast):
         out = m(input_ids=ids, labels=labels, fused_lm_head=True)
     return out.log_probs[:, start - 1 :].double()
 
 
-MODES = ("bf16-pure", "autocast", "autocast+fp32-head", "fp32")
+MODES = (
+    "bf16-pure",
+    "autocast",
+    "autocast+fp32-head",
+    "fp16-pure",
+    "fp16-autocast+fp32-head",
+    "fp32-passes",
+    "fp32",
+)
 
 
 def anchor_table(model0, tok, n: int, length: int, ks: list[int], lr: float, update_from: str) -> list[dict]:
@@ -212,12 +246,12 @@ def anchor_table(model0, tok, n: int, length: int, ks: list[int], lr: float, upd
     return rows
 
 
-def cost_step(model, ids, start: int, fp32_head: bool) -> float:
-    """Seconds of one forward + backward of the fused log-prob path under bf16 autocast."""
+def cost_step(model, ids, start: int, fp32_head: bool, autocast: bool = True) -> float:
+    """Seconds of one forward + backward of the fused log-prob path under bf16 autocast (``autocast=False``: fp32)."""
     labels = ids.clone()
     labels[:, :start] = -100
     t0 = time.perf_counter()
-    with torch.autocast(DEVICE, dtype=LOW):
+    with torch.autocast(DEVICE, dtype=LOW, enabled=autocast):
         out = model(input_ids=ids, labels=labels, fused_lm_head=True)
     out.log_probs.sum().backward()
     model.zero_grad(set_to_none=True)
@@ -266,6 +300,28 @@ def cost_table(model0, n: int, length: int, repeats: int, model_name: str) -> di
         "peak_rss_mb_bf16_head": peak[False]["peak_rss_mb"],
         "peak_rss_mb_fp32_head": peak[True]["peak_rss_mb"],
         "rss_after_load_mb": peak[False]["rss_after_load_mb"],
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def passes_table(model0, n: int, length: int, repeats: int) -> dict:
+    """Table 4 (see the module docstring): bf16 autocast + fp32 head against fp32 passes, alternated."""
+    vocab = model0.config.vocab_size
+    ids = torch.randint(0, vocab, (n, length + 16), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    model = cost_models(model0)[True]  # the fp32 head in both: what the trainer has under bf16
+    for autocast in (True, False):  # warm-up
+        cost_step(model, ids, 16, True, autocast)
+    times = {True: [], False: []}
+    for r in range(repeats):
+        for autocast in (True, False) if r % 2 == 0 else (False, True):
+            times[autocast].append(cost_step(model, ids, 16, True, autocast))
+    ratios = [f / b for f, b in zip(times[False], times[True], strict=True)]
+    row = {
+        "shape": f"{n} x {length} tokens, vocab {vocab}",
+        "median_s_bf16_autocast": statistics.median(times[True]),
+        "median_s_fp32_passes": statistics.median(times[False]),
+        "median_paired_ratio_fp32_over_bf16": statistics.median(ratios),
     }
     print(json.dumps(row), flush=True)
     return row
@@ -325,6 +381,9 @@ def main() -> None:
         ks = [1] if a.quick else [int(k) for k in a.ks.split(",")]
         print(f"## anchor error vs fp64, lr {a.lr}, tau {TAU}")
         anchor_table(model, tok, a.n, a.length, ks, a.lr, a.update_from)
+    if "passes" in tables:
+        print("## cost of fp32 log-prob passes against bf16 autocast (fp32 head in both; forward + backward)")
+        passes_table(model, a.n, a.length, a.repeats)
     if "cost" in tables:
         print("## cost of the fp32 LM head (bf16 autocast, forward + backward of the fused log-prob path)")
         cost_table(model, a.n, a.length, a.repeats, a.model)
