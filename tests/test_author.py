@@ -159,6 +159,9 @@ def test_apo_author_presets_are_the_author_s_settings():
     ran = preset("apo-author-ran")
     assert ran["objective_kwargs"] == {"path": "precomputed-q"} and ran["sequence_score"] == "mean"
     assert preset("apo-author")["objective_kwargs"] == {"path": "alphapo"}
+    paper = preset("apo-author-paper")  # the alpha-divergence branch at the paper's values (Sec. 7.1)
+    assert paper["sequence_score"] == "sum"
+    assert paper["objective_kwargs"] == {"path": "alphapo", "tau": 0.8, "beta_reward": 1.0, "scale_rewards": True}
     with pytest.raises(ValueError, match="does not accept the setting 'pth'"):
         import apo
 

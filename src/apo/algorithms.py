@@ -363,6 +363,13 @@ REGISTRY: dict[str, Algorithm] = {
                 "apo-author": {**_AUTHOR, "objective_kwargs": {"path": "alphapo"}},
                 # the branch the author's trainer reaches (a precomputed q): what Figure 1's runs trained
                 "apo-author-ran": {**_AUTHOR, "objective_kwargs": {"path": "precomputed-q"}},
+                # the author's alpha-divergence branch at the paper's values (Sec. 7.1): sum scores, tau 0.8,
+                # beta_r 1.0 on z-scored rewards (P = 8 is the bundled configs' already)
+                "apo-author-paper": {
+                    **_AUTHOR,
+                    "sequence_score": "sum",
+                    "objective_kwargs": {"path": "alphapo", "tau": 0.8, "beta_reward": 1.0, "scale_rewards": True},
+                },
             },
         ),
         Algorithm(
