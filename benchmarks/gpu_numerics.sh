@@ -10,7 +10,7 @@ set -euo pipefail
 MODEL=${1:-smollm2}
 cd "$(dirname "$0")/.."
 for LOW in bf16 fp16; do
-  python benchmarks/numerics.py --model "$MODEL" --device cuda --low-dtype "$LOW" --tables anchor,cost \
+  python benchmarks/numerics.py --model "$MODEL" --device cuda --low-dtype "$LOW" --tables anchor,cost,passes \
     --n 16 --length 1024 --ks 1,2,4 --repeats 10
 done
 python benchmarks/numerics.py --model "$MODEL" --device cuda --tables weights --steps 20 --batch 8 --batch-length 256
