@@ -5,7 +5,8 @@
 #    steps after the rollout, through TRL's fused LM head, which on a GPU folds bf16 logit tiles with its Triton
 #    kernel (the CPU path folds them in torch), in bf16 and in fp16 autocast, with and without the fp32 LM head;
 # 2. cost: forward + backward time of the fp32 LM head against the bf16 one (paired ratio) and peak GPU memory;
-# 3. weights: the fraction of weights moved per step, bf16 and fp16 (fp16 without a gradient scaler here).
+# 3. weights: the fraction of weights moved per step, bf16 and fp16 (fp16 without a gradient scaler here);
+# 4. passes: forward + backward time of the fp32 log-prob passes (fp32_anchor_passes) against autocast.
 set -euo pipefail
 MODEL=${1:-smollm2}
 cd "$(dirname "$0")/.."

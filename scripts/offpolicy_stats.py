@@ -18,6 +18,12 @@ seeds; collapsed runs counted) as one row per algorithm and one column per value
 reward after training minus that of each named preset with the same variant settings
 (``apo-ess@updates_per_rollout=16`` - ``grpo@updates_per_rollout=16``), over seeds
 (:func:`apo.stats.welch_interval`).
+
+    python scripts/offpolicy_stats.py runs/precision --without bf16,fp32_anchor_passes
+
+prints, for every group that sets any of the named keys (``apo-ess@bf16=true@updates_per_rollout=4``), the Welch 95%
+interval of its held-out reward after training minus that of the group without them
+(``apo-ess@updates_per_rollout=4``): the effect of those settings (docs/numerics.md, "Does the rounding matter?").
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ def group_stats(runs: list[Path]) -> dict:
         "ess_mean": mean(_values(rows, "apo/ess")),
         "confidence_max": max(_values(rows, "apo/confidence"), default=None),
         "u_abs_max": max(_values(rows, "apo/u_abs_max"), default=None),
+        "u_abs_mean": mean(_values(rows, "apo/u_abs_mean", moved)),
         "kl_old_mean": mean(kl),
         "kl_old_max": max(kl) if kl else None,
         "clip_mean": mean(clip),
@@ -65,6 +72,7 @@ COLUMNS = (
     ("ess_mean", "ESS / G"),
     ("confidence_max", "max c_t"),
     ("u_abs_max", "max |u|"),
+    ("u_abs_mean", "mean |u| (moved steps)"),
     ("kl_old_mean", "KL(θ‖old) mean"),
     ("kl_old_max", "KL(θ‖old) max"),
     ("clip_mean", "clip fraction"),
@@ -117,6 +125,29 @@ def versus_table(groups: dict[str, list[Path]], baselines: list[str]) -> str:
     return "\n".join(lines)
 
 
+def without_table(groups: dict[str, list[Path]], keys: list[str]) -> str:
+    """Markdown: per group that sets any of ``keys``, ``diff ± half-width`` of held-out reward after training against
+    the group with the same label less those keys."""
+    after = {label: [run_stats(r)["reward_after"] for r in runs] for label, runs in groups.items()}
+    lines = ["| runs | held-out reward after | − the same without " + ", ".join(keys) + " |", "|---|---|---|"]
+    for label, values in after.items():
+        base, pairs = variant_pairs(label)
+        if not set(pairs) & set(keys):
+            continue
+        plain = base + "".join(f"@{k}={v}" for k, v in pairs.items() if k not in keys)
+        mine = [v for v in values if v is not None]
+        m, half, n = mean_ci(mine)
+        other = after.get(plain)
+        theirs = [v for v in other if v is not None] if other is not None else []
+        cell = "—"
+        if len(mine) > 1 and len(theirs) > 1:
+            diff, dhalf = welch_interval(mine, theirs)
+            cell = f"{diff:+.3f} ± {dhalf:.3f} (vs {plain})"
+        text = f"{m:.3f} ± {half:.3f}" if n > 1 else f"{m:.3f}" if n else "—"
+        lines.append(f"| {label} | {text} | {cell} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="comparison folders or run directories")
@@ -125,10 +156,14 @@ def main() -> None:
     p.add_argument(
         "--matrix", default="", help="a swept key: held-out reward per algorithm (rows) and value (columns)"
     )
+    p.add_argument("--without", default="", help="keys: each group that sets them against the group without")
     opts = p.parse_args()
     groups = group_runs(find_runs(opts.paths))
     if opts.matrix:
         print(matrix_table(groups, opts.matrix))
+        return
+    if opts.without:
+        print(without_table(groups, opts.without.split(",")))
         return
     if opts.versus:
         print(versus_table(groups, opts.versus.split(",")))
