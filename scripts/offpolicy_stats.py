@@ -7,7 +7,8 @@ the mean and range of the alpha the loss used (``apo/alpha``), the mean ESS / G 
 confidence c_t (``apo/confidence``, Eq. 19), the largest ``|u|`` (``apo/u_abs_max``); for every algorithm the mean
 per-token ``KL(pi_theta || pi_old)`` over the steps that are not the first of their rollout
 (``offpolicy/kl_old`` where ``offpolicy/staleness > 0``), its largest value, and the mean clip fraction of TRL's ratio
-losses (``clip_ratio/region_mean``; ``cispo_clip_ratio`` for CISPO). These are the numbers of the "Off-policy"
+losses (``clip_ratio/region_mean``; ``cispo_clip_ratio`` for CISPO), and the fraction of groups on which the author's
+on-policy switch fired (``apo_author/switch_frac``, ``apo-author`` presets). These are the numbers of the "Off-policy"
 section of docs/results.md.
 
     python scripts/offpolicy_stats.py runs/offpolicy --versus grpo,gspo,cispo,sapo,adpo
@@ -63,6 +64,7 @@ def group_stats(runs: list[Path]) -> dict:
         "kl_old_mean": mean(kl),
         "kl_old_max": max(kl) if kl else None,
         "clip_mean": mean(clip),
+        "switch_frac": mean(_values(rows, "apo_author/switch_frac")),
     }
 
 
@@ -76,6 +78,7 @@ COLUMNS = (
     ("kl_old_mean", "KL(θ‖old) mean"),
     ("kl_old_max", "KL(θ‖old) max"),
     ("clip_mean", "clip fraction"),
+    ("switch_frac", "author's switch"),
 )
 
 
