@@ -113,6 +113,9 @@ def test_resume_on_another_thread_count_but_not_another_learning_rate(tmp_path, 
         ("reward=nothing", "reward='nothing': unknown name"),
         ("model=/no/such/folder", "model='/no/such/folder'"),
         ("task=arith:%", "ArithmeticTask.ops=('%',): each op must be one of"),
+        ("alpha.x=1", "config key 'alpha.x': 'alpha' is not a mapping; set it as alpha=VALUE"),
+        ("objectve_kwargs.tau=1", "'objectve_kwargs' is not a config key (did you mean 'objective_kwargs'?)"),
+        ("objective_kwargs.a.b=1", "write KEY.SUB with one SUB"),
     ],
 )
 def test_config_errors_name_the_key(override, message, capsys, tmp_path):
@@ -122,6 +125,18 @@ def test_config_errors_name_the_key(override, message, capsys, tmp_path):
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("apo: error:")
     assert message in err
+
+
+def test_a_dotted_key_sets_one_entry_of_a_mapping(capsys):
+    """``KEY.SUB=v`` merges into the mapping ``KEY`` (the others kept), after the plain keys, so it wins over them."""
+    base = ["algorithm=apo-author", "alpha_schedule=fixed", "objective_kwargs={path: alphapo, tau: 0.8}"]
+    assert main(["config", *base, "objective_kwargs.beta_reward=1.0", "objective_kwargs.tau=0.5"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["objective_kwargs"] == {"path": "alphapo", "tau": 0.5, "beta_reward": 1.0}
+    assert main(["config", "algorithm=apo-author", "alpha_schedule=fixed", "objective_kwargs.tau=0.5"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["objective_kwargs"] == {"tau": 0.5}  # from an unset mapping
+    assert main(["config", "algorithm=apo-author", "alpha_schedule=fixed", "objective_kwargs.taux=0.5"]) == 2
+    assert "taux" in capsys.readouterr().err  # the objective's own check sees the merged mapping
 
 
 def test_yaml_no_is_the_string_for_string_settings(capsys):

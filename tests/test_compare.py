@@ -219,6 +219,11 @@ def test_preset_variants():
         preset("apo-fixed@alpha")
     with pytest.raises(ValueError, match="unknown algorithm preset 'apo-fxed'"):
         preset("apo-fxed@alpha=0.3")
+    # one setting of a mapping: merged into the preset's objective_kwargs, the others kept
+    values = resolve_values(None, preset("apo-author-paper@objective_kwargs.tau=0.5"))
+    assert values["objective_kwargs"] == {**PRESETS["apo-author-paper"]["objective_kwargs"], "tau": 0.5}
+    with pytest.raises(ValueError, match="algorithm 'grpo' ignores objective_kwargs"):
+        preset("grpo@objective_kwargs.tau=0.5")
 
 
 def test_variants_follow_their_preset_in_tables(tmp_path):

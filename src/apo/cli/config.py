@@ -354,6 +354,36 @@ def older_transformers_names(values: dict[str, Any], fields: dict[str, Any]) -> 
     return out
 
 
+def fold_dotted_keys(values: dict[str, Any], types_: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each ``KEY.SUB: v`` merged into the mapping ``KEY`` as ``SUB: v`` (``objective_kwargs.tau=0.8``
+    sets one setting of a mapping-valued key and keeps the others: ``apo-author-paper@objective_kwargs.tau=0.5``).
+    Dotted keys are merged after the plain ones, in their order, so ``KEY.SUB`` wins over ``KEY``'s own ``SUB``.
+    ``types_`` maps each config key to its type.
+
+    Raises:
+        ConfigError: ``KEY`` is not a config key, or not a mapping (``alpha.x``), or ``SUB`` is empty or dotted.
+    """
+    dotted = [k for k in values if "." in k]
+    if not dotted:
+        return values
+    out = {k: v for k, v in values.items() if "." not in k}
+    for key in dotted:
+        head, _, sub = key.partition(".")
+        if head not in types_:
+            close = difflib.get_close_matches(head, list(types_), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config key {key!r}: {head!r} is not a config key{hint}")
+        if not _type_ok({}, types_[head]):
+            raise ConfigError(f"config key {key!r}: {head!r} is not a mapping; set it as {head}=VALUE")
+        if not sub or "." in sub:
+            raise ConfigError(f"config key {key!r}: write KEY.SUB with one SUB, e.g. objective_kwargs.tau=0.8")
+        current = out.get(head)
+        if current is not None and not isinstance(current, dict):
+            raise ConfigError(f"config key {key!r}: {head} is {current!r}, not a mapping")
+        out[head] = {**(current or {}), sub: values[key]}
+    return out
+
+
 def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The validated input mapping for a config file (``None``: the embedded default) plus overrides.
 
@@ -368,8 +398,9 @@ def resolve_values(path: str | Path | None, overrides: dict[str, Any] | None = N
     values = read_yaml(DEFAULT_CONFIG if path is None else path)
     values.update(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    values = older_transformers_names(values, fields)
     hints = typing.get_type_hints(cls)
+    values = fold_dotted_keys(values, {k: hints.get(k, f.type) for k, f in fields.items()})
+    values = older_transformers_names(values, fields)
     for key, value in values.items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)

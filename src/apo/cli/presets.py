@@ -75,7 +75,8 @@ def check_keys_read(algorithm: str, keys: Any, where: str) -> None:
             TRL-run algorithm, ``epsilon`` on ``apo``, ...
     """
     reads = get_algorithm(algorithm).keys
-    ignored = sorted(k for k in keys if k in KEYS_READ_ONLY_BY and k not in reads)
+    heads = {k.partition(".")[0] for k in keys}  # objective_kwargs.tau: the key objective_kwargs
+    ignored = sorted(k for k in heads if k in KEYS_READ_ONLY_BY and k not in reads)
     if ignored:
         said = "; ".join(f"{k} is read by {'/'.join(KEYS_READ_ONLY_BY[k])}" for k in ignored)
         raise ConfigError(f"{where}: algorithm {algorithm!r} ignores {', '.join(ignored)} ({said}): drop it")
