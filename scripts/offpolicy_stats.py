@@ -25,6 +25,8 @@ reward after training minus that of each named preset with the same variant sett
 prints, for every group that sets any of the named keys (``apo-ess@bf16=true@updates_per_rollout=4``), the Welch 95%
 interval of its held-out reward after training minus that of the group without them
 (``apo-ess@updates_per_rollout=4``): the effect of those settings (docs/numerics.md, "Does the rounding matter?").
+A mapping's key also names its entries: ``--without objective_kwargs`` pairs ``apo-author-paper@objective_kwargs.tau=0.5``
+with ``apo-author-paper`` (docs/results.md, "The paper as run").
 """
 
 from __future__ import annotations
@@ -135,9 +137,10 @@ def without_table(groups: dict[str, list[Path]], keys: list[str]) -> str:
     lines = ["| runs | held-out reward after | − the same without " + ", ".join(keys) + " |", "|---|---|---|"]
     for label, values in after.items():
         base, pairs = variant_pairs(label)
-        if not set(pairs) & set(keys):
+        named = [k for k in pairs if k in keys or k.partition(".")[0] in keys]  # objective_kwargs: its KEY.SUBs too
+        if not named:
             continue
-        plain = base + "".join(f"@{k}={v}" for k, v in pairs.items() if k not in keys)
+        plain = base + "".join(f"@{k}={v}" for k, v in pairs.items() if k not in named)
         mine = [v for v in values if v is not None]
         m, half, n = mean_ci(mine)
         other = after.get(plain)
