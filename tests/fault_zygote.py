@@ -22,6 +22,9 @@ class Zygote:
 
     def __init__(self):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        # the rewards of tests/fixtures by import path (reward=bad_rewards:slow)
+        paths = [str(Path(__file__).with_name("fixtures")), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("fault_zygote.py"))],
             stdin=subprocess.PIPE,

@@ -483,10 +483,11 @@ def test_sigint_stops_at_a_step_boundary_and_resume_continues(zygote, tmp_path):
 
 @pytest.mark.slow
 def test_second_signal_stops_at_once(zygote, tmp_path):
+    """The second signal comes 10 ms after the first, while the run is stopping: a reward that sleeps 2 s keeps each
+    step, and so the stop, that long (with the tiny model's ~50 ms steps, a loaded machine could finish the stop first)."""
     run = tmp_path / "run"
-    pid = _start_and_wait_for_steps(
-        zygote, ["train", f"output_dir={run}", "max_steps=50", *FAST], tmp_path / "a.log", run
-    )
+    argv = ["train", f"output_dir={run}", "max_steps=50", "reward=bad_rewards:slow", "reward_timeout=60", *FAST]
+    pid = _start_and_wait_for_steps(zygote, argv, tmp_path / "a.log", run)
     os.kill(pid, signal.SIGTERM)
     time.sleep(0.01)
     os.kill(pid, signal.SIGTERM)
